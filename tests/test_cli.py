@@ -1,0 +1,159 @@
+"""The real CLI end to end: a Hydra multirun into sqlite, bad input, and the installed package."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["data.train_size=5", "trainer.epochs=1", "trainer.patience=null"]
+METRICS = {
+    "test_accuracy", "val_accuracy", "test_macro_f1", "train_accuracy", "fit_seconds",
+    "first_epoch_seconds", "steady_epoch_seconds", "train_images_per_second", "setup_seconds",
+    "params_total", "params_trainable", "params_non_trainable", "epochs_run", "n_train", "n_val",
+    "n_test", "n_classes",
+}
+TAGS = {"sweep_id", "config_hash", "tlbench_version", "git_commit", "tensorflow_version",
+        "keras_version", "mlflow_version", "device", "weights.kind", "command"}
+
+
+def tlbench(*args: str, cwd: Path, uri: str | None = None, python: str = sys.executable):
+    """Run `python -m tlbench ARGS` as a user would, capturing its output."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+    return subprocess.run([python, "-m", "tlbench", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=600)
+
+
+def runs_of(uri: str):
+    """Every run of the tlbench experiment, as MLflow returns them."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tlbench")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory):
+    """One real 4-job multirun (2 backbones x 2 strategies) into a fresh sqlite store."""
+    workdir = tmp_path_factory.mktemp("multirun")
+    uri = f"sqlite:///{workdir}/store/mlflow.db"
+    result = tlbench("-m", "backbone=vgg16,mobilenetv2", "strategy=feature_extraction,full_retrain",
+                     *TINY, cwd=workdir, uri=uri)
+    return result, uri
+
+
+def test_multirun_finishes_every_job(multirun):
+    result, uri = multirun
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = runs_of(uri)
+    assert sorted(r.info.run_name for r in runs) == [
+        "mobilenetv2-feature_extraction-n5-s0", "mobilenetv2-full_retrain-n5-s0",
+        "vgg16-feature_extraction-n5-s0", "vgg16-full_retrain-n5-s0"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_every_run_logs_params_metrics_and_tags(multirun):
+    _, uri = multirun
+    runs = runs_of(uri)
+    for run in runs:
+        assert set(run.data.metrics) >= METRICS, run.info.run_name
+        assert set(run.data.tags) >= TAGS, run.info.run_name
+        params = run.data.params
+        assert params["data.train_size"] == "5" and params["seed"] == "0"
+        assert params["backbone.input_size"] == "32" and params["trainer.epochs"] == "1"
+        assert run.data.metrics["n_train"] == 50 and run.data.metrics["n_test"] == 360
+        assert run.data.tags["command"].startswith("python -m tlbench ")
+    assert len({r.data.tags["sweep_id"] for r in runs}) == 1
+    assert len({r.data.tags["config_hash"] for r in runs}) == 4
+
+
+def test_trainable_counts_logged_in_order(multirun):
+    _, uri = multirun
+    trainable = {r.info.run_name: r.data.metrics["params_trainable"] for r in runs_of(uri)}
+    for name in ("vgg16", "mobilenetv2"):
+        frozen, full = (trainable[f"{name}-{strategy}-n5-s0"]
+                        for strategy in ("feature_extraction", "full_retrain"))
+        assert frozen < full
+
+
+def test_every_run_has_artifacts_and_epoch_history(multirun):
+    _, uri = multirun
+    client = MlflowClient(uri)
+    for run in runs_of(uri):
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "confusion_matrix.csv", "confusion_matrix.png",
+                "model_summary.txt"} <= names
+        history = client.get_metric_history(run.info.run_id, "epoch_loss")
+        assert len(history) == run.data.metrics["epochs_run"]
+    csv = Path(mlflow.artifacts.download_artifacts(
+        run_id=runs_of(uri)[0].info.run_id, artifact_path="confusion_matrix.csv", tracking_uri=uri))
+    rows = csv.read_text().splitlines()
+    assert rows[0] == "true\\predicted,0,1,2,3,4,5,6,7,8,9"
+    assert sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == 360
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """Non-zero exit, no traceback, and the message on the last stderr line."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr[-1500:]
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["backbone=resnet18"], ["Could not find 'backbone/resnet18'", "mobilenetv2", "vgg16"]),
+    (["strategy=linear_probe"], ["Could not find 'strategy/linear_probe'", "partial_finetune"]),
+    (["strategy=partial_finetune", "strategy.unfreeze_blocks=9"],
+     ["strategy.unfreeze_blocks=9 is invalid: expected 1 to 5: mobilenetv2 has 5 stages"]),
+    (["data.train_size=lots"], ["data.train_size='lots' is invalid"]),
+])
+def test_config_errors_are_one_line_and_leave_no_run(tmp_path, args, fragments):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench(*args, cwd=tmp_path, uri=uri)
+    assert_one_line_error(result, *fragments)
+    assert runs_of(uri) == []
+
+
+def test_unwritable_tracking_location(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = tlbench(f"tracking.uri=sqlite:///{tmp_path}/file/mlflow.db", cwd=tmp_path)
+    assert_one_line_error(result, "cannot write to", "MLFLOW_TRACKING_URI")
+    assert result.stderr.strip().splitlines()[-1].startswith("tlbench: error: tracking.uri=")
+
+
+def test_unreachable_size_leaves_a_failed_run_with_the_reason(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench("backbone=vgg16", "data.train_size=500", cwd=tmp_path, uri=uri)
+    last = result.stderr.strip().splitlines()[-1]
+    assert_one_line_error(result)
+    assert last.startswith("tlbench: error: data.train_size=500 per class is more than the pool")
+    (run,) = runs_of(uri)
+    assert run.info.status == "FAILED"
+    assert "data.train_size=500" in run.data.tags["error"]
+
+
+def test_installed_wheel_finds_its_configs(tmp_path):
+    """Outside the source tree, from a built wheel, Hydra still composes the packaged conf/."""
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-w", str(dist), str(ROOT)], check=True, capture_output=True, timeout=300)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    wheels = [str(path) for path in dist.glob("*.whl")]
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", *wheels],
+                   check=True, capture_output=True, timeout=300)
+    where = subprocess.run([python, "-c", "import tlbench; print(tlbench.__file__)"], cwd=tmp_path,
+                           text=True, capture_output=True, check=True).stdout
+    assert where.startswith(str(venv)), where
+    result = tlbench("backbone=resnet50", "strategy=partial_finetune", "--cfg", "job",
+                     cwd=tmp_path, python=python)
+    assert result.returncode == 0, result.stderr
+    assert "name: resnet50" in result.stdout and "unfreeze_blocks: 1" in result.stdout

@@ -1,0 +1,98 @@
+"""Every config group composes and validates; bad values give one line naming key and choices."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from tlbench.config import PartialFinetuneConfig, parse_config
+from tlbench.errors import TlbenchError
+
+from .conftest import compose_config
+
+
+def group_options(group: str) -> list[str]:
+    """Option names of one config group, read from the packaged conf/ folder."""
+    from importlib.resources import files
+
+    folder = files("tlbench.conf") / group
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def test_groups_are_packaged():
+    assert group_options("backbone") == ["efficientnetb0", "mobilenetv2", "resnet50", "vgg16"]
+    assert group_options("strategy") == [
+        "feature_extraction", "full_retrain", "partial_finetune", "scratch"]
+    assert group_options("data") == ["digits"]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "strategy"),
+    list(itertools.product(group_options("backbone"), group_options("strategy"))),
+)
+def test_every_backbone_and_strategy_composes(backbone, strategy):
+    config = parse_config(compose_config([f"backbone={backbone}", f"strategy={strategy}"]))
+    assert config.backbone.name == backbone
+    assert config.strategy.name == strategy
+    assert config.tracking.run_name == f"{backbone}-{strategy}-nall-s0"
+    assert config.backbone.input_size == 32  # follows data.input_size for digits
+
+
+def test_defaults_match_public_keys():
+    config = parse_config(compose_config([]))
+    assert (config.backbone.name, config.strategy.name, config.data.name) == (
+        "mobilenetv2", "feature_extraction", "digits")
+    assert config.backbone.weights is None
+    assert config.data.train_size == "all"
+    assert config.trainer.epochs >= 1 and config.trainer.batch_size >= 1 and config.trainer.lr > 0
+    assert config.tracking.uri is None and config.tracking.experiment == "tlbench"
+    assert config.seed == 0
+
+
+def test_partial_finetune_has_its_own_knobs():
+    config = parse_config(compose_config(["strategy=partial_finetune", "strategy.lr_scale=0.5"]))
+    assert isinstance(config.strategy, PartialFinetuneConfig)
+    assert (config.strategy.unfreeze_blocks, config.strategy.lr_scale) == (1, 0.5)
+
+
+@pytest.mark.parametrize("size", ["10", "total:500", "all"])
+def test_train_size_forms(size):
+    assert parse_config(compose_config([f"data.train_size={size}"])).data.train_size == size
+
+
+def test_input_size_null_means_backbone_default():
+    config = parse_config(compose_config(["backbone=resnet50", "data.input_size=null"]))
+    assert config.backbone.input_size == 224
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.train_size=ten", "data.train_size='ten' is invalid"),
+        ("data.train_size=0", "data.train_size='0' is invalid"),
+        ("backbone.input_size=16", "backbone.input_size=16 is invalid: expected at least 32"),
+        ("trainer.epochs=0", "trainer.epochs=0 is invalid"),
+        ("trainer.optimizer=adamax", "expected one of adam, adamw, rmsprop, sgd"),
+        ("trainer.epochs=many", "trainer.epochs"),
+        ("+trainer.epoch=3", "trainer.epoch"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(TlbenchError, match=message.replace("(", r"\(").replace("[", r"\[")) as err:
+        parse_config(compose_config([override]))
+    assert "\n" not in str(err.value)
+
+
+def test_unfreeze_depth_beyond_backbone():
+    with pytest.raises(TlbenchError, match="1 to 5: vgg16 has 5 stages"):
+        parse_config(compose_config(["backbone=vgg16", "strategy=partial_finetune",
+                                     "strategy.unfreeze_blocks=6"]))
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(ConfigCompositionException, match="Could not find 'backbone/resnet18'") as e:
+        compose_config(["backbone=resnet18"])
+    assert "mobilenetv2" in str(e.value.__cause__ or e.value) or "Available options" in str(e.value)

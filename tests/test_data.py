@@ -1,0 +1,78 @@
+"""Splits are fixed, subsets stratified and nested, sizes beyond the data refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tlbench.config import DigitsConfig
+from tlbench.data import fixed_splits, load_dataset, load_digits_images, nested_subset
+from tlbench.errors import TlbenchError
+
+LABELS = np.repeat(np.arange(4), [30, 20, 25, 40])
+
+
+def test_digits_are_rgb_in_0_255():
+    source = load_digits_images(DigitsConfig(name="digits"))
+    assert source.images.shape == (1797, 8, 8, 3)
+    assert source.images.min() == 0 and source.images.max() == 255
+    assert source.class_names == tuple("0123456789")
+
+
+@pytest.mark.parametrize("size", ["3", "total:40"])
+def test_subsets_nest_within_larger_ones(size):
+    small = set(nested_subset(LABELS, size, seed=1))
+    larger = "10" if size == "3" else "total:90"
+    assert small < set(nested_subset(LABELS, larger, seed=1))
+
+
+def test_per_class_subset_is_stratified_and_seeded():
+    chosen = nested_subset(LABELS, "5", seed=0)
+    assert np.bincount(LABELS[chosen]).tolist() == [5, 5, 5, 5]
+    assert not np.array_equal(chosen, nested_subset(LABELS, "5", seed=1))
+    assert np.array_equal(chosen, nested_subset(LABELS, "5", seed=0))
+
+
+def test_total_subset_keeps_class_proportions():
+    counts = np.bincount(LABELS[nested_subset(LABELS, "total:23", seed=0)], minlength=4)
+    assert counts.sum() == 23
+    expected = 23 * np.bincount(LABELS) / len(LABELS)
+    assert np.all(np.abs(counts - expected) <= 1)
+
+
+def test_all_is_the_whole_pool():
+    assert np.array_equal(nested_subset(LABELS, "all", seed=3), np.arange(len(LABELS)))
+
+
+@pytest.mark.parametrize(("size", "message"), [
+    ("21", "class 1 has 20 images"),
+    ("total:116", "total:115 or all"),
+])
+def test_size_larger_than_data_is_refused(size, message):
+    with pytest.raises(TlbenchError, match=message):
+        nested_subset(LABELS, size, seed=0)
+
+
+def test_splits_are_disjoint_stratified_and_cover_everything():
+    cfg = DigitsConfig(name="digits", val_fraction=0.1, test_fraction=0.2, split_seed=0)
+    labels = load_digits_images(cfg).labels
+    pool, val, test = fixed_splits(labels, cfg)
+    assert len(set(pool) | set(val) | set(test)) == len(labels) == len(pool) + len(val) + len(test)
+    assert len(test) == 360 and len(val) == 180
+    assert np.abs(np.bincount(labels[test]) - 36).max() <= 1
+
+
+def test_test_set_does_not_depend_on_size_or_seed():
+    cfg = DigitsConfig(name="digits", train_size="5")
+    first = load_dataset(cfg, input_size=32, seed=0)
+    other = load_dataset(DigitsConfig(name="digits", train_size="all"), input_size=32, seed=7)
+    assert np.array_equal(first.x_test, other.x_test) and np.array_equal(first.y_test, other.y_test)
+    assert np.array_equal(first.x_val, other.x_val)
+    assert first.x_train.shape == (50, 32, 32, 3) and len(other.y_train) == 1257
+
+
+def test_resized_images_stay_in_0_255():
+    dataset = load_dataset(DigitsConfig(name="digits", train_size="2"), input_size=40, seed=0)
+    assert dataset.x_train.shape[1:] == (40, 40, 3)
+    assert dataset.x_train.min() >= 0 and dataset.x_train.max() <= 255
+    assert dataset.x_train.max() > 200

@@ -1,0 +1,67 @@
+"""Strategies freeze what they say, keep BatchNorm in inference mode and recompile after changes."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tlbench.train import count_params, fit
+
+from .conftest import build_run
+
+
+def trainable_after_setup(plan) -> int:
+    """Trainable parameters of the last phase, after its flags are set and the model recompiled."""
+    for phase in plan.phases:
+        phase.set_trainable()
+    plan.model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return count_params(plan.model)["params_trainable"]
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "vgg16"])
+def test_trainable_counts_are_ordered(tiny_config, backbone):
+    counts = {
+        name: trainable_after_setup(build_run(tiny_config(f"backbone={backbone}",
+                                                          f"strategy={name}"))[1])
+        for name in ("feature_extraction", "partial_finetune", "full_retrain", "scratch")
+    }
+    assert counts["feature_extraction"] < counts["partial_finetune"] < counts["full_retrain"]
+    assert counts["full_retrain"] == counts["scratch"]
+
+
+def test_partial_finetune_has_two_phases_with_scaled_lr(tiny_config):
+    _, plan = build_run(tiny_config("strategy=partial_finetune", "strategy.lr_scale=0.1",
+                                    "trainer.lr=0.01"))
+    assert [(p.name, p.lr) for p in plan.phases] == [("head", 0.01), ("finetune", 0.001)]
+
+
+def batchnorm_statistics(model) -> list[np.ndarray]:
+    """Moving mean and variance of every BatchNorm layer in the model."""
+    base = model.layers[1]
+    return [keras.ops.convert_to_numpy(w) for layer in base.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for w in (layer.moving_mean, layer.moving_variance)]
+
+
+@pytest.mark.parametrize(("strategy", "frozen"), [
+    ("feature_extraction", True), ("partial_finetune", True), ("full_retrain", False)])
+def test_batchnorm_statistics_move_only_when_the_base_trains(tiny_config, strategy, frozen):
+    dataset, plan = build_run(tiny_config("backbone=mobilenetv2", f"strategy={strategy}"))
+    before = batchnorm_statistics(plan.model)
+    fit(plan, dataset, tiny_config().trainer)
+    after = batchnorm_statistics(plan.model)
+    unchanged = all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert unchanged == frozen
+
+
+def test_partial_finetune_trains_only_top_stage_weights(tiny_config):
+    dataset, plan = build_run(tiny_config("backbone=vgg16", "strategy=partial_finetune"))
+    base = plan.model.layers[1]
+    before = {layer.name: [keras.ops.convert_to_numpy(w) for w in layer.weights]
+              for layer in base.layers}
+    fit(plan, dataset, tiny_config().trainer)
+    changed = {layer.name for layer in base.layers
+               if any(not np.array_equal(a, keras.ops.convert_to_numpy(b))
+                      for a, b in zip(before[layer.name], layer.weights, strict=True))}
+    assert changed == {"block5_conv1", "block5_conv2", "block5_conv3"}

@@ -1,0 +1,230 @@
+"""Typed run configuration: Hydra's composed config is checked once, here, before any work."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tlbench.backbone import BACKBONES
+from tlbench.errors import TlbenchError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+TRAIN_SIZE_PATTERN = re.compile(r"^(all|[1-9]\d*|total:[1-9]\d*)$")
+
+
+def _check(ok: bool, key: str, value: object, expected: str) -> None:
+    """Raise a one-line error naming the key, the bad value and what is valid."""
+    if not ok:
+        raise TlbenchError(f"{key}={value!r} is invalid: expected {expected}.")
+
+
+def _check_choice(key: str, value: str, choices) -> None:
+    """Raise unless value is one of choices, listing them."""
+    _check(value in choices, key, value, "one of " + ", ".join(sorted(choices)))
+
+
+@dataclass
+class BackboneConfig:
+    """Which keras.applications network, with which weights, at which input size."""
+
+    name: str
+    weights: str | None = None
+    input_size: int | None = None
+    bn_momentum: float | None = 0.9
+
+    def __post_init__(self) -> None:
+        _check_choice("backbone", self.name, BACKBONES)
+        spec = BACKBONES[self.name]
+        if self.input_size is None:
+            self.input_size = spec.default_input_size
+        _check(
+            self.input_size >= spec.min_input_size,
+            "backbone.input_size",
+            self.input_size,
+            f"at least {spec.min_input_size} for {self.name}",
+        )
+        if self.bn_momentum is not None:
+            _check(0 <= self.bn_momentum < 1, "backbone.bn_momentum", self.bn_momentum,
+                   "a float in [0, 1) or null to keep Keras' value")
+
+
+@dataclass
+class HeadConfig:
+    """The new classifier: global average pooling, optional dense layer, dropout, softmax."""
+
+    units: int = 0
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check(self.units >= 0, "strategy.head.units", self.units, "0 (no hidden layer) or more")
+        _check(0 <= self.dropout < 1, "strategy.head.dropout", self.dropout, "a float in [0, 1)")
+
+
+@dataclass
+class StrategyConfig:
+    """Fields every strategy shares."""
+
+    name: str
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class FeatureExtractionConfig(StrategyConfig):
+    """Frozen base in inference mode, new head trained."""
+
+
+@dataclass
+class PartialFinetuneConfig(StrategyConfig):
+    """Head first on a frozen base, then the top stages unfrozen at a lower learning rate."""
+
+    unfreeze_blocks: int | None = 1
+    unfreeze_fraction: float | None = None
+    lr_scale: float = 0.1
+    head_epochs: int | None = None
+    finetune_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(
+            (self.unfreeze_blocks is None) != (self.unfreeze_fraction is None),
+            "strategy.unfreeze_blocks",
+            self.unfreeze_blocks,
+            "exactly one of strategy.unfreeze_blocks and strategy.unfreeze_fraction set",
+        )
+        if self.unfreeze_fraction is not None:
+            _check(0 < self.unfreeze_fraction <= 1, "strategy.unfreeze_fraction",
+                   self.unfreeze_fraction, "a float in (0, 1]")
+        _check(self.lr_scale > 0, "strategy.lr_scale", self.lr_scale, "a positive float")
+        for key in ("head_epochs", "finetune_epochs"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"strategy.{key}", value, "null or at least 1")
+
+
+@dataclass
+class FullRetrainConfig(StrategyConfig):
+    """Everything trainable, starting from the backbone's weights."""
+
+
+@dataclass
+class ScratchConfig(StrategyConfig):
+    """The control: random initialisation, everything trainable."""
+
+
+STRATEGY_CONFIGS: dict[str, type[StrategyConfig]] = {
+    "feature_extraction": FeatureExtractionConfig,
+    "partial_finetune": PartialFinetuneConfig,
+    "full_retrain": FullRetrainConfig,
+    "scratch": ScratchConfig,
+}
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how the fixed val/test splits and nested train subsets are cut."""
+
+    name: str
+    train_size: str = "all"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    input_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(TRAIN_SIZE_PATTERN.match(self.train_size)), "data.train_size", self.train_size,
+               "a count per class (10), a total (total:500) or all")
+        _check(0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction, "in (0, 1)")
+        _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "in (0, 1)")
+        _check(self.val_fraction + self.test_fraction < 1, "data.test_fraction",
+               self.test_fraction, "val_fraction + test_fraction < 1")
+
+
+@dataclass
+class DigitsConfig(DataConfig):
+    """scikit-learn's load_digits: 1,797 8x8 grey digits, shipped with the package."""
+
+
+DATA_CONFIGS: dict[str, type[DataConfig]] = {"digits": DigitsConfig}
+
+
+@dataclass
+class TrainerConfig:
+    """How every phase is fitted."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    patience: int | None = 3
+    verbose: int = 0
+    threads: int | None = None
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "trainer.epochs", self.epochs, "at least 1")
+        _check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "at least 1")
+        _check(self.lr > 0, "trainer.lr", self.lr, "a positive float")
+        _check_choice("trainer.optimizer", self.optimizer, OPTIMIZERS)
+        _check(self.patience is None or self.patience >= 1, "trainer.patience", self.patience,
+               "null (no early stopping) or at least 1")
+        _check(self.verbose in (0, 1, 2), "trainer.verbose", self.verbose, "0, 1 or 2")
+        _check(self.threads is None or self.threads >= 1, "trainer.threads", self.threads,
+               "null (all cores) or at least 1")
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs are logged; never part of a run's identity (config_hash)."""
+
+    uri: str | None = None
+    experiment: str = "tlbench"
+    run_name: str = "run"
+
+
+@dataclass
+class RunConfig:
+    """One benchmark run, fully typed and validated."""
+
+    backbone: BackboneConfig
+    strategy: StrategyConfig
+    data: DataConfig
+    trainer: TrainerConfig
+    tracking: TrackingConfig
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        stages = len(BACKBONES[self.backbone.name].stages)
+        blocks = getattr(self.strategy, "unfreeze_blocks", None)
+        if blocks is not None:
+            _check(1 <= blocks <= stages, "strategy.unfreeze_blocks", blocks,
+                   f"1 to {stages}: {self.backbone.name} has {stages} stages")
+
+
+def _typed(schema: type, section: object, key: str):
+    """Merge one config section onto its dataclass schema and build it, as a one-line error."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), section)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        where = f"{key}.{exc.full_key}" if getattr(exc, "full_key", None) else key
+        message = str(exc).splitlines()[0]
+        raise TlbenchError(f"{where}: {message}") from None
+
+
+def parse_config(cfg: DictConfig) -> RunConfig:
+    """Turn Hydra's composed config into a validated RunConfig."""
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    raw.pop("hydra", None)
+    strategy_name = raw["strategy"].get("name")
+    _check_choice("strategy", strategy_name, STRATEGY_CONFIGS)
+    data_name = raw["data"].get("name")
+    _check_choice("data", data_name, DATA_CONFIGS)
+    return RunConfig(
+        backbone=_typed(BackboneConfig, raw["backbone"], "backbone"),
+        strategy=_typed(STRATEGY_CONFIGS[strategy_name], raw["strategy"], "strategy"),
+        data=_typed(DATA_CONFIGS[data_name], raw["data"], "data"),
+        trainer=_typed(TrainerConfig, raw["trainer"], "trainer"),
+        tracking=_typed(TrackingConfig, raw["tracking"], "tracking"),
+        seed=raw.get("seed", 0),
+    )

@@ -1,0 +1,133 @@
+"""Data stage: load a source, cut fixed val/test splits and a nested, stratified train subset.
+
+The test and val splits depend only on `data.split_seed`, so accuracies are comparable across the
+whole grid. Train subsets for one seed are nested: the 10-per-class subset lies inside the
+50-per-class one. A new source is one loader function in LOADERS returning a LabelledImages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from tlbench.config import DataConfig
+from tlbench.errors import TlbenchError
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """A whole source: images (N, H, W, 3) in [0, 255], integer labels and class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The splits one run trains and evaluates on, resized to the backbone's input size."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes in the source, whether or not the subset has them all."""
+        return len(self.class_names)
+
+
+def load_digits_images(cfg: DataConfig) -> LabelledImages:
+    """scikit-learn's 8x8 digits (0-16 grey levels) as RGB images in [0, 255]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    grey = digits.images.astype(np.float32) * (255.0 / 16.0)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    return LabelledImages(rgb, digits.target.astype(np.int64), tuple(str(c) for c in range(10)))
+
+
+LOADERS: dict[str, Callable[[DataConfig], LabelledImages]] = {"digits": load_digits_images}
+
+
+def fixed_splits(labels: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of the train pool, val and test splits, stratified and fixed by split_seed."""
+    everything = np.arange(len(labels))
+    rest, test = train_test_split(everything, test_size=cfg.test_fraction,
+                                  stratify=labels, random_state=cfg.split_seed)
+    val_share = cfg.val_fraction / (1 - cfg.test_fraction)
+    pool, val = train_test_split(rest, test_size=val_share, stratify=labels[rest],
+                                 random_state=cfg.split_seed)
+    return np.sort(pool), np.sort(val), np.sort(test)
+
+
+def _class_orders(labels: np.ndarray, seed: int) -> dict[int, np.ndarray]:
+    """For each class, its positions in a seeded order that does not depend on the subset size."""
+    return {
+        int(c): np.random.default_rng([seed, int(c)]).permutation(np.flatnonzero(labels == c))
+        for c in np.unique(labels)
+    }
+
+
+def nested_subset(labels: np.ndarray, train_size: str, seed: int) -> np.ndarray:
+    """Positions of a stratified subset of `labels`; for one seed, smaller sizes nest in larger."""
+    if train_size == "all":
+        return np.arange(len(labels))
+    orders = _class_orders(labels, seed)
+    if train_size.startswith("total:"):
+        return _total_subset(orders, int(train_size.removeprefix("total:")), len(labels))
+    per_class = int(train_size)
+    smallest = min(orders, key=lambda c: len(orders[c]))
+    if per_class > len(orders[smallest]):
+        raise TlbenchError(
+            f"data.train_size={per_class} per class is more than the pool has: class "
+            f"{smallest} has {len(orders[smallest])} images; use at most that, total:N with "
+            f"N <= {len(labels)}, or all."
+        )
+    return np.sort(np.concatenate([order[:per_class] for order in orders.values()]))
+
+
+def _total_subset(orders: dict[int, np.ndarray], total: int, available: int) -> np.ndarray:
+    """The first `total` images of a class-proportional interleaving of the seeded class orders."""
+    if total > available:
+        raise TlbenchError(f"data.train_size=total:{total} is more than the training pool's "
+                           f"{available} images; use total:{available} or all.")
+    keys, positions = [], []
+    for c, order in orders.items():
+        keys.append((np.arange(len(order)) + 0.5) / len(order) + c * 1e-9)
+        positions.append(order)
+    ranking = np.argsort(np.concatenate(keys), kind="stable")
+    return np.sort(np.concatenate(positions)[ranking[:total]])
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize to size x size, float32 in [0, 255]."""
+    import tensorflow as tf
+
+    if images.shape[1:3] == (size, size):
+        return images.astype(np.float32)
+    resized = tf.image.resize(images.astype(np.float32), (size, size), method="bilinear")
+    return np.clip(resized.numpy(), 0.0, 255.0)
+
+
+def load_dataset(cfg: DataConfig, input_size: int, seed: int) -> Dataset:
+    """Load the configured source and cut this run's splits at the backbone's input size."""
+    source = LOADERS[cfg.name](cfg)
+    pool, val, test = fixed_splits(source.labels, cfg)
+    train = pool[nested_subset(source.labels[pool], cfg.train_size, seed)]
+    return Dataset(
+        x_train=resize(source.images[train], input_size),
+        y_train=source.labels[train],
+        x_val=resize(source.images[val], input_size),
+        y_val=source.labels[val],
+        x_test=resize(source.images[test], input_size),
+        y_test=source.labels[test],
+        class_names=source.class_names,
+    )

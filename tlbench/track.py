@@ -1,0 +1,206 @@
+"""Track stage: MLflow store checks, experiment creation, and one run's params, metrics and tags.
+
+A run that raises ends FAILED with the error's last line in the `error` tag, never RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tlbench import __version__
+from tlbench.config import RunConfig
+from tlbench.errors import TlbenchError
+
+HTTP_CHECK_SECONDS = 5
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The given URI, else $MLFLOW_TRACKING_URI, else an absolute sqlite file in the working dir."""
+    if uri:
+        return uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_tracking_store(uri: str) -> None:
+    """Fail in seconds, before any training, if the store cannot be written or reached."""
+    if uri.startswith("sqlite:///"):
+        _check_sqlite_location(Path(uri.removeprefix("sqlite:///")), uri)
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
+
+
+def _check_sqlite_location(path: Path, uri: str) -> None:
+    """The sqlite file's folder must exist (or be creatable) and accept writes."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise TlbenchError(
+            f"tracking.uri={uri}: cannot write to {folder} ({exc.strerror}); pass "
+            "tracking.uri=sqlite:////a/writable/dir/mlflow.db or set MLFLOW_TRACKING_URI."
+        ) from None
+
+
+def _check_server(uri: str) -> None:
+    """An HTTP tracking server must answer its health check within a few seconds."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HTTP_CHECK_SECONDS):
+            return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TlbenchError(
+            f"tracking.uri={uri}: tracking server unreachable ({reason}); start it "
+            "(mlflow server --host 127.0.0.1) or pass another tracking.uri."
+        ) from None
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, creating it once even when several workers start together."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def identity(config: RunConfig) -> dict:
+    """The resolved config minus tracking fields: what makes two runs the same experiment cell."""
+    values = dataclasses.asdict(config)
+    values.pop("tracking")
+    return values
+
+
+def config_hash(config: RunConfig) -> str:
+    """A stable short hash of the run's identity."""
+    canonical = json.dumps(identity(config), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, str]:
+    """Nested dict as dotted keys with string values, as MLflow params."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = "null" if value is None else str(value)
+    return flat
+
+
+def _git_commit() -> str:
+    """The source checkout's commit, or 'unknown' for an installed package."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment_tags() -> dict[str, str]:
+    """Versions and machine facts that make a result interpretable later."""
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return {
+        "tlbench_version": __version__,
+        "git_commit": _git_commit(),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "mlflow_version": mlflow.__version__,
+        "device": f"gpu x{len(gpus)}" if gpus else "cpu",
+        "host": platform.node(),
+        "cpu_count": str(os.cpu_count()),
+    }
+
+
+@contextlib.contextmanager
+def tracked_run(config: RunConfig, uri: str, tags: dict[str, str]) -> Iterator[str]:
+    """Start an MLflow run with the config as params; on exception end it FAILED, error tagged."""
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, config.tracking.experiment)
+    run = client.create_run(experiment_id, run_name=config.tracking.run_name,
+                            tags=tags | {"config_hash": config_hash(config)})
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, params=[
+            mlflow.entities.Param(k, v) for k, v in flatten(identity(config)).items()
+        ])
+        yield run_id
+    except BaseException as exc:
+        client.set_tag(run_id, "error", _last_line(exc))
+        client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _last_line(exc: BaseException) -> str:
+    """The exception's last message line, prefixed with its type."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:5000]
+
+
+def log_result(uri: str, run_id: str, metrics: dict[str, float], history: list[dict],
+               artifacts: dict[str, str]) -> None:
+    """Final metrics, per-epoch step metrics and text artifacts, in as few requests as possible."""
+    client = MlflowClient(uri)
+    now = mlflow.utils.time.get_current_time_millis()
+    entries = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    for step, epoch in enumerate(history):
+        entries += [mlflow.entities.Metric(f"epoch_{k}", float(v), now, step)
+                    for k, v in epoch.items() if k != "phase"]
+    for start in range(0, len(entries), 1000):
+        client.log_batch(run_id, metrics=entries[start:start + 1000])
+    for name, text in artifacts.items():
+        client.log_text(run_id, text, name)
+
+
+def log_confusion_matrix(uri: str, run_id: str, confusion, class_names: tuple[str, ...]) -> None:
+    """The test confusion matrix as CSV and as a labelled PNG heatmap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    header = "true\\predicted," + ",".join(class_names)
+    rows = [f"{name}," + ",".join(str(int(v)) for v in row)
+            for name, row in zip(class_names, confusion, strict=True)]
+    client = MlflowClient(uri)
+    client.log_text(run_id, "\n".join([header, *rows]) + "\n", "confusion_matrix.csv")
+    size = max(4.0, 0.45 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
+           xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    for (i, j), value in np.ndenumerate(confusion):
+        ax.text(j, i, int(value), ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    client.log_figure(run_id, fig, "confusion_matrix.png")
+    plt.close(fig)

@@ -1,0 +1,151 @@
+"""Train stage: seed, fit each phase with an epoch timer and early stopping, then evaluate.
+
+`fit_seconds` is the wall time inside `model.fit` over all phases: forward and backward passes,
+graph tracing and the per-epoch validation pass. It excludes data preparation, weight loading,
+model construction and the final evaluation.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from tlbench.config import TrainerConfig
+from tlbench.data import Dataset
+from tlbench.strategy import Plan
+
+
+def configure_runtime(trainer: TrainerConfig, seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow; set thread pools and op determinism once per process."""
+    keras.utils.set_random_seed(seed)
+    if tf.config.threading.get_intra_op_parallelism_threads() == 0 and trainer.threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(trainer.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(trainer.threads)
+        except RuntimeError:
+            pass  # TensorFlow already initialised in this process; thread pools are fixed now.
+    if trainer.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records the wall time of every epoch, validation pass included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+@dataclass
+class RunResult:
+    """What a run measured: metrics, per-epoch history and the confusion matrix."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    confusion: np.ndarray | None = None
+
+
+def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
+    """A fresh optimizer of the configured kind."""
+    classes = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+               "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    return classes[name](learning_rate=lr)
+
+
+def count_params(model: keras.Model) -> dict[str, float]:
+    """Total, trainable and non-trainable parameter counts as the model is now compiled."""
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    total = model.count_params()
+    return {"params_total": total, "params_trainable": trainable,
+            "params_non_trainable": total - trainable}
+
+
+def _callbacks(trainer: TrainerConfig, timer: EpochTimer) -> list[keras.callbacks.Callback]:
+    """The epoch timer plus early stopping on validation loss when patience is set."""
+    callbacks: list[keras.callbacks.Callback] = [timer]
+    if trainer.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=trainer.patience, restore_best_weights=True))
+    return callbacks
+
+
+def fit(plan: Plan, data: Dataset, trainer: TrainerConfig) -> tuple[dict[str, float], list[dict]]:
+    """Run every phase: set trainable flags, recompile, fit. Returns timing/params and history."""
+    epoch_seconds: list[list[float]] = []
+    history: list[dict[str, float]] = []
+    params: dict[str, float] = {}
+    fit_seconds = 0.0
+    for phase in plan.phases:
+        phase.set_trainable()
+        plan.model.compile(optimizer=make_optimizer(trainer.optimizer, phase.lr),
+                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        params = count_params(plan.model)
+        timer = EpochTimer()
+        start = time.perf_counter()
+        result = plan.model.fit(
+            data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
+            epochs=phase.epochs, batch_size=trainer.batch_size, shuffle=True,
+            callbacks=_callbacks(trainer, timer), verbose=trainer.verbose,
+        )
+        fit_seconds += time.perf_counter() - start
+        epoch_seconds.append(timer.seconds)
+        history.extend(_epochs(result.history, phase.name))
+    return _timing(epoch_seconds, fit_seconds, len(data.y_train)) | params, history
+
+
+def _epochs(history: dict[str, list[float]], phase: str) -> list[dict[str, float]]:
+    """Keras' column-wise history as one dict per epoch."""
+    length = len(next(iter(history.values()), []))
+    return [{key: float(values[i]) for key, values in history.items()} | {"phase": phase}
+            for i in range(length)]
+
+
+def _timing(epoch_seconds: list[list[float]], fit_seconds: float, n_train: int) -> dict[str, float]:
+    """First-epoch, steady-state (median of later epochs of every phase) and throughput figures."""
+    later = [s for phase in epoch_seconds for s in phase[1:]]
+    epochs_run = sum(len(phase) for phase in epoch_seconds)
+    return {
+        "fit_seconds": fit_seconds,
+        "first_epoch_seconds": epoch_seconds[0][0],
+        "steady_epoch_seconds": statistics.median(later) if later else epoch_seconds[0][0],
+        "train_images_per_second": n_train * epochs_run / fit_seconds,
+        "epochs_run": epochs_run,
+    }
+
+
+def evaluate(model: keras.Model, data: Dataset, batch_size: int) -> tuple[dict, np.ndarray]:
+    """Inference-mode accuracy on train/val/test, test macro-F1 and the test confusion matrix."""
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=1)
+
+    test_pred = predict(data.x_test)
+    metrics = {
+        "train_accuracy": accuracy_score(data.y_train, predict(data.x_train)),
+        "val_accuracy": accuracy_score(data.y_val, predict(data.x_val)),
+        "test_accuracy": accuracy_score(data.y_test, test_pred),
+        "test_macro_f1": f1_score(data.y_test, test_pred, average="macro"),
+    }
+    labels = np.arange(data.n_classes)
+    return metrics, confusion_matrix(data.y_test, test_pred, labels=labels)
+
+
+def train_and_evaluate(plan: Plan, data: Dataset, trainer: TrainerConfig) -> RunResult:
+    """Fit all phases, then evaluate in inference mode."""
+    timing, history = fit(plan, data, trainer)
+    scores, confusion = evaluate(plan.model, data, trainer.batch_size)
+    sizes = {"n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
+             "n_classes": data.n_classes}
+    return RunResult(metrics=timing | scores | sizes, history=history, confusion=confusion)
