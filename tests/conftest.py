@@ -37,7 +37,7 @@ def build_run(config: RunConfig):
     from tlbench import backbone, data, strategy, train
 
     keras.backend.clear_session()
-    train.configure_runtime(config.trainer, config.seed)
+    train.configure_runtime(config.trainer, config.seed, config.trainer.threads)
     spec = backbone.BACKBONES[config.backbone.name]
     weights = config.backbone.weights if strategy.uses_pretrained_weights(config.strategy.name) \
         else None

@@ -1,17 +1,17 @@
 """`python -m tlbench`: one benchmark run (or a Hydra multirun of them), read top to bottom.
 
-validate config -> check tracking store -> seed -> data -> backbone -> strategy -> fit -> evaluate
--> log to MLflow -> return val_accuracy (for sweepers such as Optuna).
+validate config -> check tracking store -> skip if already FINISHED -> seed -> data -> backbone
+-> strategy -> fit -> evaluate -> log to MLflow -> return val_accuracy (for sweepers like Optuna).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
+import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -20,31 +20,34 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from tlbench import sweep  # noqa: E402
 from tlbench.config import RunConfig, parse_config  # noqa: E402
 from tlbench.errors import TlbenchError  # noqa: E402
 
 log = logging.getLogger("tlbench")
 
 
-def hydra_tags() -> dict[str, str]:
-    """The sweep this job belongs to and the exact command that reruns it."""
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    folder = Path(hc.sweep.dir if multirun else hc.run.dir).resolve()
-    digest = hashlib.sha1(str(folder).encode()).hexdigest()[:6]
-    return {
-        "sweep_id": f"{'_'.join(folder.parts[-2:])}-{digest}",
-        "command": " ".join(["python -m tlbench", *hc.overrides.task]),
-        "hydra_output_dir": hc.runtime.output_dir,
-    }
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: trained (done), skipped as already FINISHED, or planned in a dry run."""
+
+    status: str
+    val_accuracy: float = float("nan")
+    summary: str = ""
 
 
-def run(config: RunConfig, tags: dict[str, str]) -> float:
+def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcome:
     """Train and evaluate one configuration, logging everything to MLflow."""
     from tlbench import track
 
     uri = track.resolve_tracking_uri(config.tracking.uri)
     track.check_tracking_store(uri)
+    finished = track.finished_run(uri, config)
+    if finished is not None and config.tracking.resume:
+        return Outcome("skipped", finished.data.metrics.get("val_accuracy", float("nan")),
+                       f"already FINISHED as run {finished.info.run_id}")
+    if dry_run:
+        return Outcome("planned", summary="would run")
     # Imported only now, so that config and store errors come before TensorFlow's ~5 s start-up.
     import keras
 
@@ -53,13 +56,13 @@ def run(config: RunConfig, tags: dict[str, str]) -> float:
     spec = backbone.BACKBONES[config.backbone.name]
     weights = config.backbone.weights if strategy.uses_pretrained_weights(config.strategy.name) \
         else None
-    tags = tags | track.environment_tags() | {"weights.kind": backbone.weights_kind(weights)}
-    log.info("run %s -> %s (experiment %s)", config.tracking.run_name, uri,
-             config.tracking.experiment)
+    tags = job_tags(sweep_info) | track.environment_tags() | {
+        "weights.kind": backbone.weights_kind(weights)}
     with track.tracked_run(config, uri, tags) as run_id:
         setup_start = time.perf_counter()
         keras.backend.clear_session()
-        train.configure_runtime(config.trainer, config.seed)
+        train.configure_runtime(config.trainer, config.seed,
+                                config.trainer.threads or sweep.worker_threads())
         dataset = data.load_dataset(config.data, config.backbone.input_size, config.seed)
         dataset = backbone.preprocessed(spec, dataset)
         log.info("data %s: %d train / %d val / %d test, %d classes", config.data.name,
@@ -78,29 +81,66 @@ def run(config: RunConfig, tags: dict[str, str]) -> float:
             "model_summary.txt": model_summary(plan.model),
         })
         track.log_confusion_matrix(uri, run_id, result.confusion, dataset.class_names)
-    log.info("done %s: test_accuracy=%.4f val_accuracy=%.4f fit_seconds=%.1f",
-             config.tracking.run_name, metrics["test_accuracy"], metrics["val_accuracy"],
-             metrics["fit_seconds"])
-    return float(metrics["val_accuracy"])
+    return Outcome("done", metrics["val_accuracy"],
+                   f"test_accuracy={metrics['test_accuracy']:.4f} "
+                   f"fit_seconds={metrics['fit_seconds']:.1f}")
+
+
+def job_tags(sweep_info: sweep.SweepInfo) -> dict[str, str]:
+    """The sweep this job belongs to and the exact command that reruns it."""
+    hc = HydraConfig.get()
+    return {
+        "sweep_id": sweep_info.sweep_id,
+        "command": " ".join(["python -m tlbench", *hc.overrides.task]),
+        "hydra_output_dir": hc.runtime.output_dir,
+    }
 
 
 def model_summary(model) -> str:
-    """Keras' layer summary of the model (nested base expanded) as plain text."""
+    """Keras' layer summary of the model as plain text."""
     lines: list[str] = []
-    model.summary(print_fn=lambda line, **_: lines.append(line), expand_nested=False)
+    model.summary(print_fn=lambda line, **_: lines.append(line))
     return "\n".join(lines) + "\n"
 
 
-@hydra.main(version_base="1.3", config_path="pkg://tlbench.conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point: validate the composed config, then run it; user errors in one line."""
+def task(cfg: DictConfig) -> float:
+    """One Hydra job: progress line, run, outcome recorded for the sweep summary."""
+    sweep_info = sweep.current_sweep()
+    name = " ".join(HydraConfig.get().overrides.task) or "defaults"
+    start = time.monotonic()
     try:
-        return run(parse_config(cfg), hydra_tags())
-    except TlbenchError as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.error("%s", exc)
-            raise  # Hydra records the failed job, lets the others finish, then exits non-zero.
-        raise SystemExit(f"tlbench: error: {exc}") from None
+        config = parse_config(cfg)
+        name = config.tracking.run_name
+        log.info("%s%s", sweep.progress_prefix(sweep_info), name)
+        outcome = run(config, sweep_info, bool(cfg.get("dry_run")))
+    except Exception as exc:
+        sweep.record_job(sweep_info, name, "failed", time.monotonic() - start,
+                         error=str(exc).strip().splitlines()[-1] if str(exc).strip() else
+                         type(exc).__name__)
+        if isinstance(exc, TlbenchError) and HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise SystemExit(f"tlbench: error: {exc}") from None
+        log.error("%sFAILED %s: %s", sweep.progress_prefix(sweep_info), name, exc)
+        raise  # Hydra records the failed job, lets the others finish, then exits non-zero.
+    seconds = time.monotonic() - start
+    sweep.record_job(sweep_info, name, outcome.status, seconds)
+    log.info("%s%s %s: %s (%.1fs)%s", sweep.progress_prefix(sweep_info), outcome.status, name,
+             outcome.summary, seconds, sweep.eta_text(sweep_info))
+    return outcome.val_accuracy
+
+
+sweep.register_sweeps()
+hydra_app = hydra.main(version_base="1.3", config_path="pkg://tlbench.conf",
+                       config_name="config")(task)
+
+
+def main() -> None:
+    """Console entry point: the Hydra app, then the sweep summary even when jobs failed."""
+    try:
+        hydra_app()
+    finally:
+        sweep.SweepSummary.print_summary()
+    if sweep.SweepSummary.failed_jobs():
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,7 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "tlbench"
     run_name: str = "run"
+    resume: bool = True
 
 
 @dataclass

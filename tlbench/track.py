@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -28,6 +29,7 @@ from tlbench.config import RunConfig
 from tlbench.errors import TlbenchError
 
 HTTP_CHECK_SECONDS = 5
+log = logging.getLogger("tlbench")
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -139,14 +141,56 @@ def environment_tags() -> dict[str, str]:
     }
 
 
+def _runs_of_config(client: MlflowClient, experiment_id: str, config: RunConfig, status: str):
+    """Runs in the experiment with this config's hash and the given status."""
+    query = f"tags.config_hash = '{config_hash(config)}' and attributes.status = '{status}'"
+    return client.search_runs([experiment_id], filter_string=query, max_results=100)
+
+
+def finished_run(uri: str, config: RunConfig):
+    """A FINISHED run of this exact config in the experiment, or None."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None:
+        return None
+    runs = _runs_of_config(client, experiment.experiment_id, config, "FINISHED")
+    return runs[0] if runs else None
+
+
+def kill_stale_runs(client: MlflowClient, experiment_id: str, config: RunConfig) -> list[str]:
+    """Mark RUNNING runs of this config KILLED unless their process is alive on this host."""
+    stale = [run for run in _runs_of_config(client, experiment_id, config, "RUNNING")
+             if not _process_alive(run.data.tags)]
+    for run in stale:
+        client.set_tag(run.info.run_id, "error", "stale: its process died while RUNNING")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return [run.info.run_id for run in stale]
+
+
+def _process_alive(tags: dict[str, str]) -> bool:
+    """Whether the run's recorded process still exists (only knowable on the same host)."""
+    if tags.get("host") != platform.node() or not tags.get("pid", "").isdigit():
+        return False
+    try:
+        os.kill(int(tags["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def tracked_run(config: RunConfig, uri: str, tags: dict[str, str]) -> Iterator[str]:
     """Start an MLflow run with the config as params; on exception end it FAILED, error tagged."""
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, config.tracking.experiment)
+    for run_id in kill_stale_runs(client, experiment_id, config):
+        log.warning("marked stale RUNNING run %s of this config KILLED", run_id)
     run = client.create_run(experiment_id, run_name=config.tracking.run_name,
-                            tags=tags | {"config_hash": config_hash(config)})
+                            tags=tags | {"config_hash": config_hash(config),
+                                         "pid": str(os.getpid())})
     run_id = run.info.run_id
     try:
         client.log_batch(run_id, params=[

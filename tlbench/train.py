@@ -7,6 +7,7 @@ model construction and the final evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -21,15 +22,13 @@ from tlbench.data import Dataset
 from tlbench.strategy import Plan
 
 
-def configure_runtime(trainer: TrainerConfig, seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow; set thread pools and op determinism once per process."""
+def configure_runtime(trainer: TrainerConfig, seed: int, threads: int | None) -> None:
+    """Seed Python, NumPy and TensorFlow; cap thread pools and set op determinism."""
     keras.utils.set_random_seed(seed)
-    if tf.config.threading.get_intra_op_parallelism_threads() == 0 and trainer.threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(trainer.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(trainer.threads)
-        except RuntimeError:
-            pass  # TensorFlow already initialised in this process; thread pools are fixed now.
+    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
+        with contextlib.suppress(RuntimeError):  # pools are fixed once TensorFlow has started
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
     if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
 

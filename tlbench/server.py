@@ -1,0 +1,108 @@
+"""`tlbench server`: a real MLflow tracking server on 127.0.0.1 for parallel workers and clusters.
+
+Concurrent writers to one sqlite file race; workers should log over HTTP to one server instead. The
+backend is sqlite by default, PostgreSQL when given a postgresql:// URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from tlbench.errors import TlbenchError
+
+START_TIMEOUT_SECONDS = 60
+
+
+def server_command(host: str, port: int, backend: str, artifacts: Path, workers: int) -> list[str]:
+    """The `mlflow server` command line, bound to host, proxying artifacts to a local folder."""
+    mlflow = shutil.which("mlflow")
+    launcher = [mlflow] if mlflow else [sys.executable, "-m", "mlflow"]
+    return [*launcher, "server", "--host", host, "--port", str(port),
+            "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),
+            "--workers", str(workers)]
+
+
+def wait_until_healthy(uri: str, process: subprocess.Popen, timeout: float) -> None:
+    """Poll /health until the server answers; fail with its exit code or after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise TlbenchError(f"mlflow server exited with code {process.returncode} before it "
+                               "was ready; run it by hand to see why (port taken? bad backend?).")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    process.terminate()
+    raise TlbenchError(f"mlflow server at {uri} not ready after {timeout:.0f} s.")
+
+
+@contextlib.contextmanager
+def serve(backend: str, artifacts: Path, port: int, host: str = "127.0.0.1",
+          workers: int = 1, log_file: Path | None = None) -> Iterator[str]:
+    """Run an MLflow server for the duration of the block; yields its tracking URI."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(server_command(host, port, backend, artifacts, workers),
+                               stdout=output, stderr=subprocess.STDOUT)
+    uri = f"http://{host}:{port}"
+    try:
+        wait_until_healthy(uri, process, START_TIMEOUT_SECONDS)
+        yield uri
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        if log_file:
+            output.close()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options of `tlbench server`."""
+    parser = argparse.ArgumentParser(
+        prog="tlbench server",
+        description="Start a real MLflow tracking server on 127.0.0.1 and print the tracking.uri "
+                    "to pass to sweeps (parallel workers log to it over HTTP).")
+    parser.add_argument("--port", type=int, default=5000, help="port to listen on (5000)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (127.0.0.1; use 0.0.0.0 for a cluster head node)")
+    parser.add_argument("--backend-store-uri", default=None,
+                        help="sqlite:///abs/path.db (default: sqlite:///<cwd>/mlflow.db) or "
+                             "postgresql://user:pass@host:5432/db")
+    parser.add_argument("--artifacts", type=Path, default=Path("mlartifacts"),
+                        help="folder the server stores artifacts in (./mlartifacts)")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes (2)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until interrupted."""
+    args = parse_args(argv)
+    backend = args.backend_store_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    try:
+        with serve(backend, args.artifacts.resolve(), args.port, args.host, args.workers) as uri:
+            print(f"MLflow tracking server ready at {uri} (backend {backend})", flush=True)
+            print(f"  sweeps: python -m tlbench -m ... tracking.uri={uri}", flush=True)
+            print(f"  UI:     open {uri} in a browser; Ctrl-C stops the server", flush=True)
+            while True:
+                time.sleep(3600)
+    except TlbenchError as exc:
+        raise SystemExit(f"tlbench server: error: {exc}") from None
+    except KeyboardInterrupt:
+        print("server stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

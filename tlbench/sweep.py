@@ -1,0 +1,182 @@
+"""Sweep bookkeeping: ready grids from sweeps/, a stable sweep id, progress, ETA and the summary.
+
+Each job appends one JSON line to `<sweep dir>/tlbench_jobs.jsonl`; progress lines and the final
+summary are read from it, so they work with any launcher that shares the sweep folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("tlbench")
+
+JOBS_FILE = "tlbench_jobs.jsonl"
+NOT_IDENTITY = ("tracking.", "dry_run", "trainer.verbose", "hydra.")
+
+
+def register_sweeps() -> None:
+    """Offer every packaged sweeps/*.yaml as `+sweep=<name>` (a global-package config)."""
+    store = ConfigStore.instance()
+    for path in files("tlbench.sweeps").iterdir():
+        if path.name.endswith(".yaml"):
+            node = OmegaConf.create(path.read_text())
+            store.store(group="sweep", name=path.name.removesuffix(".yaml"), node=node,
+                        package="_global_")
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """Where this job sits: the sweep's id and folder, the job's index and the grid's size."""
+
+    sweep_id: str
+    folder: Path
+    index: int
+    total: int | None
+
+
+def _sweep_overrides(hydra_cfg: DictConfig) -> list[str]:
+    """The overrides that define the grid: the sweeper's params, then the command line's."""
+    params = OmegaConf.select(hydra_cfg, "sweeper.params") or {}
+    return [f"{key}={value}" for key, value in params.items()] + list(hydra_cfg.overrides.task)
+
+
+def grid_size(overrides: list[str]) -> int | None:
+    """How many jobs Hydra's basic sweeper makes of these overrides; None for range sweeps."""
+    total = 1
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                return None
+            total *= len(list(override.sweep_string_iterator()))
+    return total
+
+
+def sweep_id_of(overrides: list[str]) -> str:
+    """A readable id that is the same whenever the same grid is run again (so resume joins it)."""
+    identity = sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_IDENTITY))
+    name = next((o.split("=", 1)[1] for o in identity if o.startswith("+sweep=")), "sweep")
+    digest = hashlib.sha1("\n".join(identity).encode()).hexdigest()[:8]
+    return f"{name}-{digest}"
+
+
+def current_sweep() -> SweepInfo:
+    """This job's sweep, read from the multirun.yaml Hydra writes into the sweep folder."""
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        overrides = list(hc.overrides.task)
+        return SweepInfo(sweep_id_of(overrides), Path(hc.runtime.output_dir), 0, 1)
+    folder = Path(hc.sweep.dir).resolve()
+    saved = folder / "multirun.yaml"
+    overrides = _sweep_overrides(OmegaConf.load(saved).hydra) if saved.is_file() else []
+    sweep_id = sweep_id_of(overrides) if overrides else f"sweep-{folder.name}"
+    return SweepInfo(sweep_id, folder, hc.job.num, grid_size(overrides) if overrides else None)
+
+
+def worker_threads() -> int | None:
+    """Each parallel worker's share of the cores (joblib's n_jobs); None when sequential."""
+    n_jobs = OmegaConf.select(HydraConfig.get().launcher, "n_jobs")
+    cores = os.cpu_count() or 1
+    if not n_jobs or n_jobs == 1:
+        return None
+    return max(1, cores // (cores if n_jobs < 0 else n_jobs))
+
+
+def progress_prefix(sweep: SweepInfo) -> str:
+    """`[7/48]` for a job of a sweep, empty for a single run."""
+    return f"[{sweep.index + 1}/{sweep.total or '?'}] " if sweep.total != 1 else ""
+
+
+def record_job(sweep: SweepInfo, name: str, status: str, seconds: float, **extra) -> None:
+    """Append this job's outcome to the sweep's jobs file."""
+    line = json.dumps({"name": name, "status": status, "seconds": round(seconds, 3), **extra})
+    with open(sweep.folder / JOBS_FILE, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+
+
+def read_jobs(folder: Path) -> list[dict]:
+    """Every job outcome recorded so far in a sweep folder."""
+    path = folder / JOBS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def eta_seconds(jobs: list[dict], total: int | None, workers: int) -> float | None:
+    """Remaining time from the mean duration of jobs that actually trained."""
+    trained = [job["seconds"] for job in jobs if job["status"] == "done"]
+    if total is None or not trained:
+        return None
+    remaining = max(0, total - len(jobs))
+    return sum(trained) / len(trained) * math.ceil(remaining / max(1, workers))
+
+
+def eta_text(sweep: SweepInfo) -> str:
+    """`; sweep ETA 4m10s` once a job has finished, for the job's closing log line."""
+    if sweep.total == 1:
+        return ""
+    workers = OmegaConf.select(HydraConfig.get().launcher, "n_jobs") or 1
+    eta = eta_seconds(read_jobs(sweep.folder), sweep.total, int(workers))
+    return "" if eta is None else f"; sweep ETA {_duration(eta)}"
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as 1h02m, 4m10s or 12s."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def summary(folder: Path, elapsed: float) -> list[str]:
+    """Closing lines of a sweep: counts by outcome, then each failure with its error."""
+    jobs = read_jobs(folder)
+    count = {status: sum(job["status"] == status for job in jobs)
+             for status in ("done", "skipped", "failed", "planned")}
+    head = (f"sweep finished in {_duration(elapsed)}: {count['done']} done, "
+            f"{count['skipped']} skipped (already FINISHED), {count['failed']} failed")
+    if count["planned"]:
+        head = f"dry run: {count['planned']} to run, {count['skipped']} to skip"
+    return [head] + [f"  FAILED {job['name']}: {job.get('error', '')}"
+                     for job in jobs if job["status"] == "failed"]
+
+
+class SweepSummary(Callback):
+    """Remembers the sweep folder so the entry point can print the summary, even after failures."""
+
+    folder: Path | None = None
+    started: float = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        SweepSummary.folder = Path(config.hydra.sweep.dir).resolve()
+        SweepSummary.started = time.monotonic()
+
+    @classmethod
+    def failed_jobs(cls) -> int:
+        """How many jobs of the last multirun failed (0 when none ran)."""
+        if cls.folder is None:
+            return 0
+        return sum(job["status"] == "failed" for job in read_jobs(cls.folder))
+
+    @classmethod
+    def print_summary(cls) -> None:
+        """Log the closing lines of the multirun this process launched, if any."""
+        if cls.folder is not None:
+            for line in summary(cls.folder, time.monotonic() - cls.started):
+                log.info(line)
