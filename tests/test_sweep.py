@@ -129,7 +129,7 @@ def free_port() -> int:
 def test_parallel_workers_log_to_a_real_server(tmp_path):
     backend = f"sqlite:///{tmp_path}/server.db"
     log_file = tmp_path / "server.log"
-    with serve(backend, tmp_path / "artifacts", free_port(), log_file=log_file) as uri:
+    with serve(backend, tmp_path / "artifacts", free_port(), log_file) as uri:
         result = tlbench("-m", *VGG_TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                          "data.train_size=2,3,4,5",
                          f"tracking.uri={uri}", cwd=tmp_path)
@@ -142,3 +142,18 @@ def test_parallel_workers_log_to_a_real_server(tmp_path):
             assert "confusion_matrix.png" in names
     assert "4 done" in result.stdout
     assert Path(tmp_path / "artifacts").is_dir()
+
+
+@pytest.mark.skipif(not os.environ.get("TLBENCH_TEST_POSTGRES_URI"),
+                    reason="needs TLBENCH_TEST_POSTGRES_URI (.ci/run starts PostgreSQL)")
+def test_server_with_postgresql_backend(tmp_path):
+    backend = os.environ["TLBENCH_TEST_POSTGRES_URI"]
+    log_file = tmp_path / "server.log"
+    with serve(backend, tmp_path / "artifacts", free_port(), log_file) as uri:
+        result = tlbench("-m", *VGG_TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                         "data.train_size=2,3", f"tracking.uri={uri}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:] + log_file.read_text()[-2000:]
+        runs = runs_of(uri)
+    assert sorted(r.info.run_name for r in runs) == [
+        "vgg16-feature_extraction-n2-s0", "vgg16-feature_extraction-n3-s0"]
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -7,6 +7,7 @@ validate config -> check tracking store -> skip if already FINISHED -> seed -> d
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import sys
@@ -133,8 +134,13 @@ hydra_app = hydra.main(version_base="1.3", config_path="pkg://tlbench.conf",
                        config_name="config")(task)
 
 
+SUBCOMMANDS = {"server": "tlbench.server", "report": "tlbench.report.__main__"}
+
+
 def main() -> None:
-    """Console entry point: the Hydra app, then the sweep summary even when jobs failed."""
+    """Console entry point: a subcommand, or the Hydra app then the sweep summary."""
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        sys.exit(importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:]))
     try:
         hydra_app()
     finally:

@@ -31,42 +31,48 @@ def server_command(host: str, port: int, backend: str, artifacts: Path, workers:
             "--workers", str(workers)]
 
 
-def wait_until_healthy(uri: str, process: subprocess.Popen, timeout: float) -> None:
-    """Poll /health until the server answers; fail with its exit code or after `timeout` s."""
+def _last_error_line(log_file: Path) -> str:
+    """The last ERROR line (else the last line) the server wrote to its log."""
+    lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line or "Error" in line]
+    return (errors or lines or ["no output"])[-1].strip()
+
+
+def wait_until_healthy(uri: str, process: subprocess.Popen, log_file: Path, timeout: float) -> None:
+    """Poll /health until the server answers; fail with its last error line or after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise TlbenchError(f"mlflow server exited with code {process.returncode} before it "
-                               "was ready; run it by hand to see why (port taken? bad backend?).")
+                               f"was ready: {_last_error_line(log_file)}")
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=2):
                 return
         except (urllib.error.URLError, OSError):
             time.sleep(0.5)
     process.terminate()
-    raise TlbenchError(f"mlflow server at {uri} not ready after {timeout:.0f} s.")
+    raise TlbenchError(f"mlflow server at {uri} not ready after {timeout:.0f} s: "
+                       f"{_last_error_line(log_file)}")
 
 
 @contextlib.contextmanager
-def serve(backend: str, artifacts: Path, port: int, host: str = "127.0.0.1",
-          workers: int = 1, log_file: Path | None = None) -> Iterator[str]:
-    """Run an MLflow server for the duration of the block; yields its tracking URI."""
+def serve(backend: str, artifacts: Path, port: int, log_file: Path, host: str = "127.0.0.1",
+          workers: int = 1) -> Iterator[str]:
+    """Run an MLflow server (output to log_file) for the duration of the block; yields its URI."""
     artifacts.mkdir(parents=True, exist_ok=True)
-    output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(server_command(host, port, backend, artifacts, workers),
-                               stdout=output, stderr=subprocess.STDOUT)
     uri = f"http://{host}:{port}"
-    try:
-        wait_until_healthy(uri, process, START_TIMEOUT_SECONDS)
-        yield uri
-    finally:
-        process.terminate()
+    with open(log_file, "ab") as output:
+        process = subprocess.Popen(server_command(host, port, backend, artifacts, workers),
+                                   stdout=output, stderr=subprocess.STDOUT)
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        if log_file:
-            output.close()
+            wait_until_healthy(uri, process, log_file, START_TIMEOUT_SECONDS)
+            yield uri
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--artifacts", type=Path, default=Path("mlartifacts"),
                         help="folder the server stores artifacts in (./mlartifacts)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (2)")
+    parser.add_argument("--log-file", type=Path, default=Path("mlflow-server.log"),
+                        help="where the server's own output goes (./mlflow-server.log)")
     return parser.parse_args(argv)
 
 
@@ -92,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     backend = args.backend_store_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     try:
-        with serve(backend, args.artifacts.resolve(), args.port, args.host, args.workers) as uri:
+        with serve(backend, args.artifacts.resolve(), args.port, args.log_file, args.host,
+                   args.workers) as uri:
             print(f"MLflow tracking server ready at {uri} (backend {backend})", flush=True)
             print(f"  sweeps: python -m tlbench -m ... tracking.uri={uri}", flush=True)
             print(f"  UI:     open {uri} in a browser; Ctrl-C stops the server", flush=True)
