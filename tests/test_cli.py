@@ -157,3 +157,15 @@ def test_installed_wheel_finds_its_configs(tmp_path):
                      cwd=tmp_path, python=python)
     assert result.returncode == 0, result.stderr
     assert "name: resnet50" in result.stdout and "unfreeze_blocks: 1" in result.stdout
+
+
+def test_report_ranks_the_real_multirun(multirun, tmp_path):
+    _, uri = multirun
+    result = subprocess.run([sys.executable, "-m", "tlbench", "report", "--tracking-uri", uri,
+                             "--out", str(tmp_path)], text=True, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (report,) = tmp_path.glob("*.md")
+    text = report.read_text()
+    for name in ("vgg16", "mobilenetv2", "feature\\_extraction", "full\\_retrain"):
+        assert name in text
+    assert len(list(tmp_path.glob("*.png"))) >= 3

@@ -144,8 +144,8 @@ def main() -> None:
     try:
         hydra_app()
     finally:
-        sweep.SweepSummary.print_summary()
-    if sweep.SweepSummary.failed_jobs():
+        sweep.SweepCallback.print_summary()
+    if sweep.SweepCallback.failed_jobs():
         sys.exit(1)
 
 

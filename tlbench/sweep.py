@@ -144,6 +144,21 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def prepare_store(config: DictConfig) -> None:
+    """Check the store; create schema and experiment once, so parallel jobs never race on them."""
+    from mlflow.tracking import MlflowClient
+
+    from tlbench.track import check_tracking_store, ensure_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(config.tracking.uri)
+    check_tracking_store(uri)
+    ensure_experiment(MlflowClient(uri), config.tracking.experiment)
+    launcher = OmegaConf.select(config, "hydra.launcher._target_") or ""
+    if uri.startswith("sqlite:") and "BasicLauncher" not in launcher:
+        log.warning("parallel jobs writing to one sqlite file can race; for parallel or cluster "
+                    "sweeps start `tlbench server` and pass its tracking.uri")
+
+
 def summary(folder: Path, elapsed: float) -> list[str]:
     """Closing lines of a sweep: counts by outcome, then each failure with its error."""
     jobs = read_jobs(folder)
@@ -157,15 +172,16 @@ def summary(folder: Path, elapsed: float) -> list[str]:
                      for job in jobs if job["status"] == "failed"]
 
 
-class SweepSummary(Callback):
-    """Remembers the sweep folder so the entry point can print the summary, even after failures."""
+class SweepCallback(Callback):
+    """Prepares the tracking store once before any job, and remembers the sweep for its summary."""
 
     folder: Path | None = None
     started: float = 0.0
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        SweepSummary.folder = Path(config.hydra.sweep.dir).resolve()
-        SweepSummary.started = time.monotonic()
+        SweepCallback.folder = Path(config.hydra.sweep.dir).resolve()
+        SweepCallback.started = time.monotonic()
+        prepare_store(config)
 
     @classmethod
     def failed_jobs(cls) -> int:

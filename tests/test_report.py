@@ -1,0 +1,457 @@
+"""Report stage: statistics on known numbers, a real sqlite MLflow store, and the CLI end to end.
+
+Sweep "sweep-a" (values chosen so every answer is known by hand), n_train in brackets:
+
+    size      config (backbone · strategy)   test_accuracy (seeds)   fit_seconds   trainable
+    10 (100)  A resnet50 · full_retrain        .95 .97 (0, 1)          500           23.5M
+    10 (100)  B resnet50 · feature_extraction  .90     (3)             50            20,490
+    total:50  C resnet50 · full_retrain        .85 .86 .87             100           23.5M
+    total:50  D resnet50 · feature_extraction  .80 .82 .84             10 12 14      20,490
+    total:50  E mobilenetv2 · feature_extr.    .70 .70 .70             5             12,810
+    total:50  F resnet50 · scratch             .40 .42                 90            23.5M
+
+Before those, an E run (seed 0) scoring .10 that its later rerun replaces, and a D run (seed 0)
+that FAILED before its rerun finished; after them, a FAILED run whose name holds `|` and a
+newline, and a RUNNING run. "sweep-b" starts later.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from scipy import stats as scipy_stats
+
+from tlbench.errors import TlbenchError
+from tlbench.report import fetch, render, stats
+from tlbench.report.__main__ import main as report_main
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+T_975_DF2 = 4.302652729749462  # Student t quantile, 0.975, 2 degrees of freedom
+T_975_DF1 = 12.706204736174694  # ... 1 degree of freedom
+FAILED_NAME = "vgg16 | bad\nname"
+FAILED_ERROR = "ValueError: boom | <b>bold</b> `tick`"
+TRANSFER = {  # label -> (backbone, strategy, size, n_train, [(seed, accuracy, fit_seconds)])
+    "A": ("resnet50", "full_retrain", "10", 100, [(0, 0.95, 500), (1, 0.97, 500)]),
+    "B": ("resnet50", "feature_extraction", "10", 100, [(3, 0.90, 50)]),
+    "C": ("resnet50", "full_retrain", "total:50", 50, [(0, 0.85, 100), (1, 0.86, 100),
+                                                       (2, 0.87, 100)]),
+    "D": ("resnet50", "feature_extraction", "total:50", 50, [(0, 0.80, 10), (1, 0.82, 12),
+                                                             (2, 0.84, 14)]),
+    "E": ("mobilenetv2", "feature_extraction", "total:50", 50, [(0, 0.70, 5), (1, 0.70, 5),
+                                                                (2, 0.70, 5)]),
+    "F": ("resnet50", "scratch", "total:50", 50, [(0, 0.40, 90), (1, 0.42, 90)]),
+}
+TRAINABLE = {("resnet50", "feature_extraction"): 20_490, ("mobilenetv2", "feature_extraction"):
+             12_810}
+LABELS = {key: f"{b} · {s} · {size}" for key, (b, s, size, _, _) in TRANSFER.items()}
+
+
+def run_params(backbone: str, strategy: str, size: str, seed: int) -> dict[str, str]:
+    """Params as the harness logs them; trainer.epochs depends on the strategy only."""
+    return {"backbone.name": backbone, "backbone.weights": "imagenet", "strategy.name": strategy,
+            "strategy.head.units": "0", "data.name": "digits", "data.train_size": size,
+            "trainer.epochs": "30" if strategy == "scratch" else "10", "seed": str(seed)}
+
+
+def log_run(client: MlflowClient, experiment: str, name: str, start: int, status: str,
+            params: dict[str, str], metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """Log one run through the MLflow client, as the harness would."""
+    run = client.create_run(experiment, start_time=start, run_name=name, tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()],
+                     metrics=[Metric(k, v, start, 0) for k, v in metrics.items()])
+    if status != "RUNNING":
+        client.set_terminated(run.info.run_id, status, end_time=start + 1000)
+
+
+def config_hash(backbone: str, strategy: str, size: str, seed: int) -> str:
+    """A stand-in for the harness's hash of the resolved config (seed included)."""
+    return f"{backbone}-{strategy}-{size}-{seed}"
+
+
+def log_sweeps(client: MlflowClient) -> str:
+    """The store described in the module docstring; returns the experiment id."""
+    experiment = client.create_experiment("tlbench")
+    start = 1_700_000_000_000
+    e_seed0 = ("mobilenetv2", "feature_extraction", "total:50", 0)
+    log_run(client, experiment, "mobilenetv2-feature_extraction-ntotal:50-s0", start, "FINISHED",
+            run_params(*e_seed0), {"test_accuracy": 0.10, "n_train": 50},
+            {"sweep_id": "sweep-a", "config_hash": config_hash(*e_seed0)})
+    d_seed0 = ("resnet50", "feature_extraction", "total:50", 0)
+    log_run(client, experiment, "resnet50-feature_extraction-ntotal:50-s0", start + 500, "FAILED",
+            run_params(*d_seed0), {}, {"sweep_id": "sweep-a", "error": "OSError: disk full",
+                                       "config_hash": config_hash(*d_seed0)})
+    for backbone, strategy, size, n_train, seeds in TRANSFER.values():
+        for seed, accuracy, fit in seeds:
+            start += 1000
+            total = 2_270_000 if backbone == "mobilenetv2" else 23_600_000
+            command = (f"python -m tlbench backbone={backbone} strategy={strategy} "
+                       f"data.train_size={size} seed={seed}")
+            log_run(client, experiment, f"{backbone}-{strategy}-n{size}-s{seed}", start,
+                    "FINISHED", run_params(backbone, strategy, size, seed),
+                    {"test_accuracy": accuracy, "fit_seconds": fit, "n_train": n_train,
+                     "params_trainable": TRAINABLE.get((backbone, strategy), 23_500_000),
+                     "params_total": total},
+                    {"sweep_id": "sweep-a", "command": command, "device": "cpu",
+                     "mlflow_version": "3.17.2",
+                     "config_hash": config_hash(backbone, strategy, size, seed)})
+    log_run(client, experiment, FAILED_NAME, start + 1000, "FAILED",
+            run_params("vgg16", "full_retrain", "10", 0), {},
+            {"sweep_id": "sweep-a", "error": FAILED_ERROR,
+             "config_hash": config_hash("vgg16", "full_retrain", "10", 0)})
+    log_run(client, experiment, "mobilenetv2-full_retrain-n10-s0", start + 2000, "RUNNING",
+            run_params("mobilenetv2", "full_retrain", "10", 0), {}, {"sweep_id": "sweep-a"})
+    for seed in (0, 1):
+        log_run(client, experiment, f"late-s{seed}", start + 10_000 + seed, "FINISHED",
+                run_params("mobilenetv2", "feature_extraction", "10", seed),
+                {"test_accuracy": 0.5 + seed / 10, "n_train": 100}, {"sweep_id": "sweep-b"})
+    log_run(client, experiment, "untagged", start + 20_000, "FINISHED", {}, {}, {})
+    other = client.create_experiment("other")
+    log_run(client, other, "elsewhere", start + 30_000, "FINISHED",
+            run_params("vgg16", "scratch", "10", 0), {"test_accuracy": 1.0},
+            {"sweep_id": "sweep-a"})
+    return experiment
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, MlflowClient, str]:
+    """(tracking URI, client, experiment id) of a fresh sqlite store holding the sweeps."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    return uri, client, log_sweeps(client)
+
+
+@pytest.fixture(scope="module")
+def runs(store: tuple[str, MlflowClient, str]) -> pd.DataFrame:
+    """Sweep A's runs as fetched from MLflow."""
+    _, client, experiment = store
+    return fetch.fetch_runs(client, experiment, fetch.sweep_filter("sweep-a", None))
+
+
+@pytest.fixture(scope="module")
+def analysis(runs: pd.DataFrame) -> stats.Analysis:
+    """Sweep A aggregated on test_accuracy."""
+    return stats.analyse(runs, "test_accuracy")
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m tlbench.report ARGS` in a subprocess, as a user runs it."""
+    environment = os.environ | {"PYTHONPATH": str(REPO)} | (env or {})
+    return subprocess.run([sys.executable, "-m", "tlbench.report", *args], cwd=cwd,
+                          env=environment, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def report(store: tuple[str, MlflowClient, str],
+           tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """(report path, markdown, stdout) of one CLI run over sweep A."""
+    uri, _, _ = store
+    out = tmp_path_factory.mktemp("reports")
+    done = cli("--tracking-uri", uri, "--sweep", "sweep-a", "--out", str(out), cwd=out)
+    assert done.returncode == 0, done.stderr
+    path = out / "tlbench-sweep-a.md"
+    return path, path.read_text(encoding="utf-8"), done.stdout
+
+
+def labels(frame: pd.DataFrame) -> list[str]:
+    """Configuration labels (backbone · strategy · size) of a summary-like frame."""
+    return [stats.config_label(row, list(stats.ALWAYS_SHOWN)) for _, row in frame.iterrows()]
+
+
+def table_cells(line: str) -> list[str]:
+    """Cells of a markdown table row, split on unescaped pipes."""
+    return re.split(r"(?<!\\)\|", line.strip())[1:-1]
+
+
+# Statistics on plain numbers.
+
+def test_ci_half_width_matches_student_t_by_hand() -> None:
+    half = stats.ci_half_width(np.array([0.02, 0.01, 0.0]), np.array([3, 2, 1]))
+    assert half[0] == pytest.approx(T_975_DF2 * 0.02 / math.sqrt(3), rel=1e-9)
+    assert half[0] == pytest.approx(0.0496828, abs=1e-7)
+    assert half[1] == pytest.approx(T_975_DF1 * 0.01 / math.sqrt(2), rel=1e-9)
+    assert math.isnan(half[2])
+
+
+def test_welch_half_width_matches_scipy_welch_test() -> None:
+    transfer, scratch = [0.85, 0.86, 0.87], [0.40, 0.42]
+    half = stats.welch_half_width(np.std(transfer, ddof=1), 3, np.std(scratch, ddof=1), 2)
+    expected = scipy_stats.ttest_ind(transfer, scratch, equal_var=False).confidence_interval()
+    assert np.mean(transfer) - np.mean(scratch) - half == pytest.approx(expected.low, abs=1e-9)
+    assert half == pytest.approx(0.0597700, abs=1e-7)
+    assert stats.welch_half_width(0.0, 3, 0.0, 3) == 0.0
+    assert math.isnan(stats.welch_half_width(0.1, 3, np.nan, 1))
+
+
+def test_pareto_mask_keeps_only_undominated_points() -> None:
+    benefit = np.array([0.9, 0.8, 0.7, 0.9, 0.95, 0.6, np.nan])
+    cost = np.array([10.0, 5.0, 20.0, 10.0, 100.0, 5.0, 1.0])
+    # 0 and 3 are identical (neither dominates); 2 is beaten by 0; 5 by 1; 6 has no value.
+    assert stats.pareto_mask(benefit, cost).tolist() == [True, True, False, True, True, False,
+                                                         False]
+
+
+def test_tie_verdicts_compare_ci_with_the_leader() -> None:
+    ranked = pd.DataFrame({"mean": [0.9, 0.85, 0.7, 0.8], "ci": [0.05, 0.01, 0.05, np.nan],
+                           "n": [3, 3, 3, 1]})
+    assert stats.tie_verdicts(ranked).tolist() == ["leader", "tied", "behind", "unreplicated"]
+    assert stats.tie_verdicts(ranked.iloc[[3, 0]]).tolist() == ["leader", "unreplicated"]
+
+
+# Aggregation of runs fetched from a real MLflow store.
+
+def test_fetch_follows_page_tokens_and_stays_in_the_experiment(
+        store: tuple[str, MlflowClient, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, client, experiment = store
+    monkeypatch.setattr(fetch, "PAGE_SIZE", 5)
+    counts: list[int] = []
+    runs = fetch.fetch_runs(client, experiment, fetch.sweep_filter("sweep-a", None),
+                            on_page=counts.append)
+    assert counts == [5, 10, 15, 18]
+    assert runs["run_id"].is_unique and "elsewhere" not in set(runs["run_name"])
+
+
+def test_filter_is_anded_with_the_sweep(store: tuple[str, MlflowClient, str]) -> None:
+    _, client, experiment = store
+    only = fetch.sweep_filter("sweep-a", "params.`backbone.name` = 'mobilenetv2'")
+    runs = fetch.fetch_runs(client, experiment, only)
+    assert sorted(runs["run_name"]) == ["mobilenetv2-feature_extraction-ntotal:50-s0",
+                                        "mobilenetv2-feature_extraction-ntotal:50-s0",
+                                        "mobilenetv2-feature_extraction-ntotal:50-s1",
+                                        "mobilenetv2-feature_extraction-ntotal:50-s2",
+                                        "mobilenetv2-full_retrain-n10-s0"]
+
+
+def test_latest_sweep_is_the_sweep_of_the_last_started_tagged_run(
+        store: tuple[str, MlflowClient, str]) -> None:
+    _, client, experiment = store
+    assert fetch.latest_sweep_id(client, experiment) == "sweep-b"
+
+
+def test_ranking_orders_configurations_by_mean(analysis: stats.Analysis) -> None:
+    summary = analysis.summary
+    assert labels(summary) == [LABELS[k] for k in "ABCDEF"]
+    assert summary["rank"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert summary["n"].tolist() == [2, 1, 3, 3, 3, 2]
+    assert analysis.shown == ["backbone.name", "strategy.name", "data.train_size"]
+
+
+def test_summary_statistics_match_hand_computation(analysis: stats.Analysis) -> None:
+    d = analysis.summary.set_index(pd.Index(labels(analysis.summary))).loc[LABELS["D"]]
+    assert d["mean"] == pytest.approx(0.82)
+    assert d["std"] == pytest.approx(0.02)
+    assert d["ci"] == pytest.approx(T_975_DF2 * 0.02 / math.sqrt(3))
+    assert d["fit_seconds"] == pytest.approx(12.0)
+    assert d["per_second"] == pytest.approx(0.82 / 12.0)
+    assert d["seeds"] == ("0", "1", "2")
+    a = analysis.summary.iloc[0]
+    assert a["ci"] == pytest.approx(T_975_DF1 * np.std([0.95, 0.97], ddof=1) / math.sqrt(2))
+
+
+def test_ties_with_the_leader_are_marked(analysis: stats.Analysis) -> None:
+    # Leader A: 0.96 ± 0.127 reaches down to 0.833; C (0.86 + 0.025) and D (0.82 + 0.050) reach
+    # it, E (0.70 ± 0) and F (0.41 + 0.127) do not, and B has a single seed.
+    assert analysis.summary["verdict"].tolist() == ["leader", "unreplicated", "tied", "tied",
+                                                    "behind", "behind"]
+
+
+def test_winners_per_size_are_ordered_by_n_train(analysis: stats.Analysis) -> None:
+    winners = analysis.winners
+    assert winners["data.train_size"].tolist() == ["total:50", "10"]
+    assert labels(winners) == [LABELS["C"], LABELS["A"]]
+    assert winners["tied_with"].tolist() == [("resnet50 · feature_extraction",), ()]
+    best = analysis.by_strategy.set_index("data.train_size")
+    assert best.loc["total:50"].to_dict() == pytest.approx(
+        {"feature_extraction": 0.82, "full_retrain": 0.86, "scratch": 0.41})
+
+
+def test_gain_over_scratch_uses_welch_ci(analysis: stats.Analysis) -> None:
+    gains = analysis.gains
+    assert labels(gains) == [LABELS["D"], LABELS["C"]]
+    assert gains["gain"].tolist() == pytest.approx([0.41, 0.45])
+    assert gains["gain_ci"].iloc[1] == pytest.approx(0.0597700, abs=1e-7)
+    assert gains["gain_verdict"].tolist() == ["better", "better"]
+
+
+def test_no_scratch_runs_gives_no_gains(runs: pd.DataFrame) -> None:
+    without = stats.analyse(runs[runs["params.strategy.name"] != "scratch"], "test_accuracy")
+    assert without.gains.empty and len(without.summary) == 5
+
+
+def test_pareto_fronts(analysis: stats.Analysis) -> None:
+    assert labels(analysis.time_front) == [LABELS[k] for k in "EDBA"]
+    assert labels(analysis.params_front) == [LABELS[k] for k in "EBA"]
+
+
+def test_unknown_metric_is_a_one_line_error(runs: pd.DataFrame) -> None:
+    with pytest.raises(TlbenchError, match="no run logged metric 'test_acc'; logged: .*fit"):
+        stats.analyse(runs, "test_acc")
+
+
+# Rendering.
+
+def test_escape_neutralises_markdown_and_html() -> None:
+    line = render.table(["run"], [["a|b\nc `d` <script>*e*"]], "l").splitlines()[2]
+    assert table_cells(line) == [r" a\|b c \`d\` &lt;script&gt;\*e\* "]
+
+
+def test_fence_outlasts_backticks_in_the_code() -> None:
+    assert render.fence("echo ````x").startswith("`````bash\n")
+
+
+@pytest.mark.parametrize(("command", "seeds", "expected"), [
+    ("python -m tlbench backbone=resnet50 strategy=feature_extraction data.train_size=10 seed=0",
+     ("0", "1", "2"), "python -m tlbench -m backbone=resnet50 strategy=feature_extraction "
+                      "data.train_size=10 seed=0,1,2"),
+    ("python -m tlbench backbone=vgg16", ("0", "1"),
+     "python -m tlbench -m backbone=vgg16 seed=0,1"),
+    ("python -m tlbench -m backbone=vgg16 seed=4", ("4",), "python -m tlbench -m backbone=vgg16 "
+                                                           "seed=4"),
+    ("python -m tlbench seed=7", ("7",), "python -m tlbench seed=7"),
+    ("tlbench -m backbone=vgg16 seed=0", ("0", "1"), "tlbench -m backbone=vgg16 seed=0,1"),
+])
+def test_rerun_command_lists_every_seed(command: str, seeds: tuple[str, ...],
+                                        expected: str) -> None:
+    assert render.rerun_command(command, seeds) == expected
+
+
+def test_top_limits_the_ranking_table(analysis: stats.Analysis) -> None:
+    source = render.Source("tlbench", "sweep-a", "sqlite://", "test_accuracy", top=2)
+    ranking = render.ranking(analysis, source)
+    assert "Top 2 of 6 configurations" in ranking
+    assert [line.split(" | ")[0] for line in ranking.splitlines() if line.startswith("| ")] == [
+        "| rank", "| ---:", "| 1", "| 2"]
+
+
+def test_sweep_without_finished_runs_still_lists_failures(runs: pd.DataFrame) -> None:
+    failed_only = stats.analyse(runs[runs["status"] != "FINISHED"], "test_accuracy")
+    source = render.Source("tlbench", "sweep-a", "sqlite://", "test_accuracy")
+    markdown = render.render_markdown(failed_only, source, {})
+    assert "No finished run logged **test\\_accuracy**: nothing to rank." in markdown
+    assert "| FAILED |" in markdown and "## Ranking" not in markdown
+
+
+# The CLI end to end.
+
+def test_cli_writes_report_with_ranking_and_progress(report: tuple[Path, str, str]) -> None:
+    _, markdown, stdout = report
+    assert "Fetched 18 runs" in stdout and "Wrote " in stdout
+    assert "- **Runs:** 18: 15 finished, 2 failed, 1 other" in markdown
+    rows = [table_cells(line) for line in markdown.splitlines() if re.match(r"\| \d+ \| ", line)]
+    ranking = [cells for cells in rows if len(cells) == 13]
+    assert [(c[1].strip(), c[2].strip()) for c in ranking] == [
+        ("resnet50", r"full\_retrain"), ("resnet50", r"feature\_extraction"),
+        ("resnet50", r"full\_retrain"), ("resnet50", r"feature\_extraction"),
+        ("mobilenetv2", r"feature\_extraction"), ("resnet50", "scratch")]
+    assert [c[7].strip() for c in ranking] == ["±0.127", "–", "±0.025", "±0.050", "±0.000",
+                                               "±0.127"]
+    assert "**No clear winner:** 2 other configuration(s)" in markdown
+    assert r"Winning strategy: **full\_retrain** at total:50 (tied), 10." in markdown
+
+
+def test_cli_plots_are_valid_pngs_linked_from_the_report(report: tuple[Path, str, str]) -> None:
+    path, markdown, _ = report
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(images) == 3
+    for image in images:
+        png = path.parent / image
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(png) as picture:
+            picture.verify()
+        with Image.open(png) as picture:
+            assert picture.size[0] > 300 and picture.size[1] > 200
+
+
+def test_cli_lists_failed_runs_escaped(report: tuple[Path, str, str]) -> None:
+    _, markdown, _ = report
+    failed = [line for line in markdown.splitlines() if line.startswith("| vgg16")]
+    assert len(failed) == 1
+    assert table_cells(failed[0]) == [r" vgg16 \| bad name ", " FAILED ",
+                                      r" ValueError: boom \| &lt;b&gt;bold&lt;/b&gt; \`tick\` ",
+                                      " no "]
+    assert not any(line.startswith("name") for line in markdown.splitlines())
+    assert ("| resnet50-feature\\_extraction-ntotal:50-s0 | FAILED | OSError: disk full | yes |"
+            in markdown)
+    assert "| mobilenetv2-full\\_retrain-n10-s0 | RUNNING | – | no |" in markdown
+
+
+def test_cli_reproduce_commands_cover_all_seeds(report: tuple[Path, str, str]) -> None:
+    _, markdown, _ = report
+    reproduce = markdown.split("## Reproduce the top configurations")[1].split("## ")[0]
+    commands = re.findall(r"^python .*$", reproduce, flags=re.MULTILINE)
+    assert commands == [
+        "python -m tlbench -m backbone=resnet50 strategy=full_retrain data.train_size=10 seed=0,1",
+        "python -m tlbench backbone=resnet50 strategy=feature_extraction data.train_size=10 seed=3",
+        "python -m tlbench -m backbone=resnet50 strategy=full_retrain data.train_size=total:50 "
+        "seed=0,1,2"]
+
+
+def test_cli_defaults_to_latest_sweep_and_env_tracking_uri(
+        store: tuple[str, MlflowClient, str], tmp_path: Path) -> None:
+    uri, _, _ = store
+    done = cli("--out", "out", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert done.returncode == 0, done.stderr
+    assert "Fetching sweep sweep-b" in done.stdout
+    markdown = (tmp_path / "out" / "tlbench-sweep-b.md").read_text(encoding="utf-8")
+    assert "- **Runs:** 2: 2 finished, 0 failed, 0 other" in markdown
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--experiment", "nope"], "no experiment named 'nope' (known: Default, other, tlbench)"),
+    (["--sweep", "no-such-sweep"], "sweep 'no-such-sweep' has no runs in experiment 'tlbench'"),
+    (["--sweep", "sweep-a", "--filter", "params.seed = '99'"], "has no runs matching --filter"),
+    (["--sweep", "sweep-a", "--filter", "params.seed ~ 1"], "cannot search runs with filter"),
+    (["--metric", "bogus"], "no run logged metric 'bogus'"),
+    (["--tracking-uri", "sqlite:////nonexistent/dir/mlflow.db"],
+     "no MLflow tracking store at /nonexistent/dir/mlflow.db"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "cannot read tracking store http://127.0.0.1:9"),
+])
+def test_bad_input_is_one_line_on_stderr_and_status_1(
+        store: tuple[str, MlflowClient, str], tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, args: list[str], message: str) -> None:
+    uri, _, _ = store
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    out = tmp_path / "reports"
+    assert report_main(["--tracking-uri", uri, "--out", str(out), *args]) == 1
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("tlbench.report: error: ") and message in stderr
+    assert not out.exists()
+
+
+def test_unwritable_out_is_one_line_error(store: tuple[str, MlflowClient, str], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    uri, _, _ = store
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert report_main(["--tracking-uri", uri, "--sweep", "sweep-b", "--out", str(blocker)]) == 1
+    assert capsys.readouterr().err.startswith("tlbench.report: error: [Errno 17] File exists")
+
+
+def test_cli_bad_input_exits_nonzero_without_traceback(store: tuple[str, MlflowClient, str],
+                                                        tmp_path: Path) -> None:
+    uri, _, _ = store
+    done = cli("--tracking-uri", uri, "--experiment", "nope", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("tlbench.report: error: no experiment named 'nope' "
+                                   "(known: Default, other, tlbench)")
+
+
+def test_cli_help_documents_every_option(tmp_path: Path) -> None:
+    done = cli("--help", cwd=tmp_path)
+    for option in ("--experiment", "--sweep", "--out", "--tracking-uri", "--metric", "--filter",
+                   "--top"):
+        assert option in done.stdout
+    assert "MLFLOW_TRACKING_URI" in done.stdout and "backticks" in done.stdout

@@ -1,0 +1,116 @@
+"""`python -m tlbench.report`: rank a sweep's configurations from MLflow into a markdown report.
+
+connect -> experiment -> sweep (given or latest) -> fetch runs -> aggregate -> plots -> markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from tlbench.errors import TlbenchError
+
+DESCRIPTION = """\
+Rank a tlbench sweep's configurations by the mean of a metric over seeds, with 95% CIs, from
+MLflow; write <out>/<experiment>-<sweep>.md with its PNG plots beside it."""
+EPILOG = """\
+A configuration is every logged param except the seed; its seeds are replicates.
+Statistical ties: configurations whose 95% CI overlaps the leader's are marked "tied".
+An unreachable tracking server fails after one retry ($MLFLOW_HTTP_REQUEST_MAX_RETRIES).
+Example: python -m tlbench.report --sweep multirun_2025-01-01_12-00-00-1a2b3c \\
+  --filter "params.`backbone.name` = 'resnet50'" --out reports/
+"""
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; every option is documented in --help."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tlbench.report", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="tlbench",
+                        help="MLflow experiment name (default: %(default)s)")
+    parser.add_argument("--sweep", metavar="SWEEP_ID",
+                        help="sweep_id tag of the runs to report (default: the sweep of the "
+                             "experiment's most recently started run)")
+    parser.add_argument("--out", type=Path, default=Path("reports"),
+                        help="folder for the report and its PNGs (default: %(default)s)")
+    parser.add_argument("--tracking-uri",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                             "sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--metric", default="test_accuracy",
+                        help="metric to rank by, higher is better (default: %(default)s)")
+    parser.add_argument("--filter", metavar="MLFLOW_FILTER",
+                        help="extra MLflow filter ANDed with the sweep, e.g. "
+                             "\"params.`backbone.name` = 'resnet50'\" (dotted names need "
+                             "backticks)")
+    parser.add_argument("--top", type=positive_int, metavar="N",
+                        help="show only the N best configurations in the ranking table "
+                             "(default: all)")
+    return parser.parse_args(argv)
+
+
+def report_stem(experiment: str, sweep_id: str) -> str:
+    """A file-name-safe '<experiment>-<sweep_id>'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{experiment}-{sweep_id}").strip("._") or "report"
+
+
+def write_report(args: argparse.Namespace) -> Path:
+    """Fetch the sweep's runs, aggregate them and write the markdown report and plots."""
+    # Imported here so that --help and argument errors answer without loading MLflow or plots.
+    from tlbench.report import fetch, plots, render, stats
+    from tlbench.track import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    client = fetch.connect(uri)
+    experiment = fetch.experiment_id(client, args.experiment)
+    sweep_id = args.sweep or fetch.latest_sweep_id(client, experiment)
+    print(f"Fetching sweep {sweep_id} of experiment {args.experiment} from {uri}")
+    started = time.perf_counter()
+    runs = fetch.fetch_runs(client, experiment, fetch.sweep_filter(sweep_id, args.filter),
+                            on_page=lambda count: print(f"  {count} runs fetched"))
+    if runs.empty:
+        matching = " matching --filter" if args.filter else ""
+        raise TlbenchError(f"sweep {sweep_id!r} has no runs{matching} in experiment "
+                           f"{args.experiment!r}")
+    print(f"Fetched {len(runs)} runs in {time.perf_counter() - started:.1f}s")
+
+    analysis = stats.analyse(runs, args.metric)
+    print(f"Aggregated {len(analysis.summary)} configurations")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = report_stem(args.experiment, sweep_id)
+    figures = {} if analysis.summary.empty else plots.draw_all(analysis, args.metric, args.out,
+                                                                 stem)
+    source = render.Source(args.experiment, sweep_id, uri, args.metric, args.filter, args.top)
+    path = args.out / f"{stem}.md"
+    path.write_text(render.render_markdown(analysis, source, figures), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the report; a bad input or unwritable --out is one line on stderr and status 1."""
+    args = parse_args(argv)
+    # Fail in seconds, not minutes, when a tracking server is down (MLflow retries 7 times).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    try:
+        path = write_report(args)
+    except (TlbenchError, OSError) as error:
+        print(f"tlbench.report: error: {error}", file=sys.stderr)
+        return 1
+    print(f"Wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

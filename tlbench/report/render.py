@@ -1,0 +1,308 @@
+"""Markdown rendering of an `Analysis`. Every value that comes from a run is escaped, so names
+with `|`, newlines, backticks or HTML cannot break a table or inject markup."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from tlbench.report.stats import (
+    STRATEGY,
+    Analysis,
+    config_label,
+    data_columns,
+    distinct_tag,
+    grid,
+    status_counts,
+    unfinished_runs,
+)
+
+_MARKUP = re.compile(r"([\\`*_\[\]|~#$!])")
+GRID_VALUES_SHOWN = 24
+REPRODUCED = 3
+VERSION_TAGS = (("tlbench", "tlbench_version"), ("git commit", "git_commit"),
+                ("TensorFlow", "tensorflow_version"), ("Keras", "keras_version"),
+                ("MLflow", "mlflow_version"))
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the runs came from and how they are ranked."""
+
+    experiment: str
+    sweep_id: str
+    tracking_uri: str
+    metric: str
+    filter: str | None = None
+    top: int | None = None
+
+
+def escape(value: object) -> str:
+    """`value` as one line of literal markdown text: whitespace runs become one space, HTML and
+    markdown punctuation are escaped."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKUP.sub(r"\\\1", text)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], align: str) -> str:
+    """A markdown table, every cell escaped; `align` has one l or r per column."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = [_table_line(headers), _table_line(rule, raw=True)]
+    lines += [_table_line(row) for row in rows]
+    return "\n".join(lines)
+
+
+def _table_line(cells: Iterable[object], raw: bool = False) -> str:
+    """One table row; cells are escaped unless `raw`."""
+    return "| " + " | ".join(str(c) if raw else escape(c) for c in cells) + " |"
+
+
+def _missing(value: object) -> bool:
+    """True for None and NaN."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def number(value: object, spec: str) -> str:
+    """`value` formatted with `spec`, or an en dash when missing."""
+    return "–" if _missing(value) else format(value, spec)
+
+
+def plus_minus(half_width: float) -> str:
+    """A CI half-width as '±0.012', or an en dash when undefined (single seed)."""
+    return "–" if _missing(half_width) else f"±{half_width:.3f}"
+
+
+def interval(centre: float, half_width: float) -> str:
+    """A signed interval '+0.010 to +0.052', or an en dash when undefined."""
+    if _missing(half_width):
+        return "–"
+    return f"{centre - half_width:+.3f} to {centre + half_width:+.3f}"
+
+
+def timestamp(millis: float) -> str:
+    """MLflow epoch milliseconds as a UTC minute."""
+    return pd.Timestamp(millis, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+
+
+def fence(code: str, language: str = "bash") -> str:
+    """A fenced code block whose fence is longer than any backtick run inside `code`."""
+    longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{language}\n{code}\n{ticks}"
+
+
+def rerun_command(command: str, seeds: Sequence[str]) -> str:
+    """`command` (space-separated, as tagged by the harness) with its seed override replaced
+    by every seed used, as a Hydra multirun (-m) when there are several."""
+    words = [w for w in command.split() if not w.startswith("seed=")]
+    words.append(f"seed={','.join(seeds)}")
+    if len(seeds) > 1 and not _is_multirun(words):
+        first_override = next(i for i, w in enumerate(words) if "=" in w and not w.startswith("-"))
+        words.insert(first_override, "-m")
+    return " ".join(words)
+
+
+def _is_multirun(words: list[str]) -> bool:
+    """True if the command has Hydra's -m/--multirun (not python's `-m tlbench`)."""
+    following = [*words[1:], ""]
+    return "--multirun" in words or any(word == "-m" and not after.startswith("tlbench")
+                                        for word, after in zip(words, following, strict=True))
+
+
+def render_markdown(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
+    """The whole report; `plots` maps a figure's key to its path relative to the report."""
+    sections = [header(analysis, source)]
+    if analysis.summary.empty:
+        sections.append(f"No finished run logged **{escape(source.metric)}**: nothing to rank.")
+    else:
+        sections += [ranking(analysis, source), per_size(analysis, source, plots),
+                     versus_scratch(analysis, source), pareto(analysis, source, plots),
+                     reproduce(analysis)]
+    sections.append(failures(analysis))
+    return "\n\n".join(sections) + "\n"
+
+
+def header(analysis: Analysis, source: Source) -> str:
+    """Title, what was ranked, run counts and dates, environment, and the swept grid."""
+    runs = analysis.runs
+    counts = status_counts(runs)
+    finished, failed = counts.get("FINISHED", 0), counts.get("FAILED", 0)
+    other = len(runs) - finished - failed
+    versions = " · ".join(f"{name} {escape(', '.join(distinct_tag(runs, tag)) or '–')}"
+                          for name, tag in VERSION_TAGS)
+    lines = [
+        f"# tlbench report: {escape(source.experiment)}, sweep {escape(source.sweep_id)}",
+        "",
+        f"Configurations ranked by mean **{escape(source.metric)}** over seeds (higher is "
+        "better), with 95% Student-t confidence intervals.",
+        "",
+        f"- **Tracking store:** {escape(source.tracking_uri)}",
+        f"- **Runs:** {len(runs)}: {finished} finished, {failed} failed, {other} other "
+        "(killed or still running)",
+        f"- **Started:** {timestamp(runs['start_time'].min())} to "
+        f"{timestamp(runs['start_time'].max())}",
+        f"- **Device:** {escape(', '.join(distinct_tag(runs, 'device')) or '–')}",
+        f"- **Versions:** {versions}",
+    ]
+    if source.filter:
+        lines.append(f"- **Filter:** {escape(source.filter)}")
+    rows = [(name, len(values), _abridged(values))
+            for name, values in grid(runs, analysis.shown).items()]
+    lines += ["", "### Grid", "", table(["param", "values", "distinct values"], rows, "lrl")]
+    return "\n".join(lines)
+
+
+def _abridged(values: list[str]) -> str:
+    """Comma-separated values, the tail beyond GRID_VALUES_SHOWN summarised as a count."""
+    shown = ", ".join(values[:GRID_VALUES_SHOWN])
+    hidden = len(values) - GRID_VALUES_SHOWN
+    return f"{shown}, … (+{hidden})" if hidden > 0 else shown
+
+
+def ranking_verdict(summary: pd.DataFrame, shown: list[str]) -> str:
+    """One sentence saying whether the leader is clearly ahead, tied, or unreplicated."""
+    leader = config_label(summary.iloc[0], shown)
+    tied = int((summary["verdict"] == "tied").sum())
+    single = int((summary["n"] < 2).sum())
+    if summary.iloc[0]["n"] < 2:
+        return (f"**Unreplicated ranking:** the leader ({escape(leader)}) has a single seed, so "
+                "no confidence interval exists; run more seeds before trusting this order.")
+    if tied:
+        verdict = (f"**No clear winner:** {tied} other configuration(s) have a 95% CI that "
+                   f"overlaps the leader's ({escape(leader)}); they are marked *tied* and "
+                   "the data cannot tell them apart.")
+    else:
+        verdict = (f"**Clear leader:** {escape(leader)}; its 95% CI overlaps no other "
+                   "replicated configuration's.")
+    if single:
+        verdict += f" {single} configuration(s) have a single seed (*unreplicated*)."
+    return verdict
+
+
+def ranking(analysis: Analysis, source: Source) -> str:
+    """The ranked configuration table with seed statistics, costs and tie verdicts."""
+    summary, shown = analysis.summary, analysis.shown
+    ranked = summary.head(source.top) if source.top else summary
+    headers = ["rank", *shown, "n", "mean", "std", "95% CI", "fit s", "trainable params",
+               "total params", "metric per fit s", "vs leader"]
+    rows = [(row["rank"], *(row[c] for c in shown), row["n"], number(row["mean"], ".3f"),
+             number(row["std"], ".3f"), plus_minus(row["ci"]), number(row["fit_seconds"], ".1f"),
+             number(row["params_trainable"], ",.0f"), number(row["params_total"], ",.0f"),
+             number(row["per_second"], ".3g"), row["verdict"])
+            for _, row in ranked.iterrows()]
+    lines = [f"## Ranking by {escape(source.metric)}", "", ranking_verdict(summary, shown), ""]
+    if len(ranked) < len(summary):
+        lines += [f"Top {len(ranked)} of {len(summary)} configurations (`--top`).", ""]
+    lines.append(table(headers, rows, "r" + "l" * len(shown) + "r" * 8 + "l"))
+    return "\n".join(lines)
+
+
+def winning_strategies(winners: pd.DataFrame, size_columns: list[str]) -> str:
+    """'**a** at 10 (tied), 50; **b** at all': which strategy wins at which sizes, flagging
+    wins that are statistical ties or rest on a single seed."""
+    wins: dict[str, list[str]] = {}
+    for _, row in winners.iterrows():
+        caveat = " (unreplicated)" if row["n"] < 2 else " (tied)" if row["tied_with"] else ""
+        wins.setdefault(row[STRATEGY], []).append(config_label(row, size_columns) + caveat)
+    return "; ".join(f"**{escape(strategy)}** at {escape(', '.join(sizes))}"
+                     for strategy, sizes in wins.items())
+
+
+def per_size(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
+    """Winner at each training-set size, best mean per strategy, learning curves and heatmaps."""
+    by = data_columns(analysis.shown)
+    rest = [c for c in analysis.shown if c not in by]
+    winners = analysis.winners
+    rows = [(*(row[c] for c in by), number(row["n_train"], ".0f"), config_label(row, rest),
+             row["n"], number(row["mean"], ".3f"), plus_minus(row["ci"]),
+             "unreplicated" if row["n"] < 2 else "; ".join(row["tied_with"]) or "none")
+            for _, row in winners.iterrows()]
+    strategies = [c for c in analysis.by_strategy if c not in by]
+    best = [(*(row[c] for c in by), *(_starred(row[s], row[strategies].max()) for s in strategies))
+            for _, row in analysis.by_strategy.iterrows()]
+    return "\n".join([
+        "## Winner per training-set size", "",
+        f"Sizes ordered by mean n_train. Winning strategy: "
+        f"{winning_strategies(winners, by)}.", "",
+        table([*by, "n_train", "winner", "n", "mean", "95% CI", "tied with"], rows,
+              "l" * len(by) + "rlrrrl"),
+        "", f"Best mean {escape(source.metric)} per strategy at each size (★ = best):", "",
+        table([*by, *strategies], best, "l" * len(by) + "r" * len(strategies)),
+        "", f"![Learning curves]({plots['learning-curves']})",
+        "", f"![Heatmaps per size]({plots['heatmaps']})",
+    ])
+
+
+def _starred(value: float, best: float) -> str:
+    """A mean to 3 decimals, starred when it is the row's best."""
+    return number(value, ".3f") + (" ★" if value == best else "")
+
+
+def versus_scratch(analysis: Analysis, source: Source) -> str:
+    """Gain of each strategy over the from-scratch control per backbone and size."""
+    gains = analysis.gains
+    title = "## Transfer vs training from scratch"
+    if gains.empty:
+        return (f"{title}\n\nNo finished scratch run shares a backbone and size with a "
+                "transfer configuration: no gains to report.")
+    cell = [c for c in analysis.shown if not c.startswith("strategy.") and c != "backbone.weights"]
+    strategy = [c for c in analysis.shown if c not in cell]
+    rows = [(*(row[c] for c in cell), config_label(row, strategy), number(row["mean"], ".3f"),
+             number(row["scratch_mean"], ".3f"), number(row["gain"], "+.3f"),
+             interval(row["gain"], row["gain_ci"]), row["gain_verdict"],
+             f"{row['n']} / {row['scratch_n']}")
+            for _, row in gains.iterrows()]
+    return "\n".join([
+        title, "",
+        f"Gain = mean {escape(source.metric)} of the configuration minus the mean of the scratch "
+        "runs with the same backbone and data, with a Welch 95% CI. *better*/*worse* when the "
+        "CI excludes zero.", "",
+        table([*cell, "strategy", "mean", "scratch mean", "gain", "95% CI", "verdict",
+               "n / scratch n"], rows, "l" * len(cell) + "lrrrrlr"),
+    ])
+
+
+def pareto(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
+    """The configurations no other beats on both the metric and a cost, with the scatter plot."""
+    metric, shown = escape(source.metric), analysis.shown
+    sections = ["## Pareto fronts", "",
+                f"Configurations that no other configuration beats on both {metric} (higher) "
+                "and the cost (lower), cheapest first; the plot numbers the fit-time front."]
+    for title, front, cost, spec in (("fit time", analysis.time_front, "fit_seconds", ".1f"),
+                                     ("trainable params", analysis.params_front,
+                                      "params_trainable", ",.0f")):
+        rows = [(i, config_label(row, shown), number(row["mean"], ".3f"), number(row[cost], spec))
+                for i, (_, row) in enumerate(front.iterrows(), start=1)]
+        sections += ["", f"### {metric} vs {title}", "",
+                     table(["#", "configuration", "mean", f"mean {title}"], rows, "rlrr")]
+    sections += ["", f"![{metric} vs fit time]({plots['accuracy-vs-time']})"]
+    return "\n".join(sections)
+
+
+def reproduce(analysis: Analysis) -> str:
+    """Commands that rerun the top configurations with all their seeds."""
+    sections = ["## Reproduce the top configurations"]
+    for _, row in analysis.summary.head(REPRODUCED).iterrows():
+        label = escape(config_label(row, analysis.shown))
+        sections += ["", f"{row['rank']}. {label} (seeds {escape(', '.join(row['seeds']))}):", ""]
+        command = row["command"]
+        sections.append("No `command` tag on its runs." if _missing(command)
+                        else fence(rerun_command(command, row["seeds"])))
+    return "\n".join(sections)
+
+
+def failures(analysis: Analysis) -> str:
+    """Runs that did not finish, with their error tag."""
+    unfinished = unfinished_runs(analysis.runs)
+    title = "## Runs that did not finish"
+    if unfinished.empty:
+        return f"{title}\n\nNone: all {len(analysis.runs)} runs finished."
+    rows = unfinished.itertuples(index=False)
+    return (f"{title}\n\n*finished on rerun*: a later run of the same config and seed "
+            "finished, so the failure no longer leaves a hole in the results.\n\n"
+            + table(["run", "status", "error", "finished on rerun"], rows, "llll"))
