@@ -157,3 +157,33 @@ def test_server_with_postgresql_backend(tmp_path):
     assert sorted(r.info.run_name for r in runs) == [
         "vgg16-feature_extraction-n2-s0", "vgg16-feature_extraction-n3-s0"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_submitit_local_launcher(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench("-m", *VGG_TINY, "hydra/launcher=submitit_local", "data.train_size=2,3",
+                     cwd=tmp_path, uri=uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 done, 0 skipped (already FINISHED), 0 failed" in result.stdout
+    assert {r.info.status for r in runs_of(uri)} == {"FINISHED"} and len(runs_of(uri)) == 2
+
+
+# The launcher starts the Ray head itself, bound to 127.0.0.1 (`ray start --head` here binds the
+# machine's own address, not loopback, whatever --node-ip-address says).
+RAY_LOCAL_HEAD = ["hydra/launcher=ray", "+hydra.launcher.ray.init._node_ip_address=127.0.0.1",
+                  "+hydra.launcher.ray.init.num_cpus=2",
+                  "+hydra.launcher.ray.init.include_dashboard=false"]
+
+
+def test_ray_launcher_with_a_local_head_logs_to_a_server(tmp_path):
+    log_file = tmp_path / "server.log"
+    with serve(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts", free_port(),
+               log_file) as uri:
+        result = tlbench("-m", *VGG_TINY, *RAY_LOCAL_HEAD, "data.train_size=2,3",
+                         f"tracking.uri={uri}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs = runs_of(uri)
+    assert sorted(r.info.run_name for r in runs) == [
+        "vgg16-feature_extraction-n2-s0", "vgg16-feature_extraction-n3-s0"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert "2 done, 0 skipped (already FINISHED), 0 failed" in result.stdout
