@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -76,7 +77,8 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
         log.info("strategy %s: phases %s", config.strategy.name,
                  ", ".join(f"{p.name}({p.epochs} ep, lr={p.lr:g})" for p in plan.phases))
         result = train.train_and_evaluate(plan, dataset, config.trainer)
-        metrics = result.metrics | {"setup_seconds": setup_seconds}
+        metrics = result.metrics | {"setup_seconds": setup_seconds,
+                                    "process_peak_rss_mb": peak_rss_mb()}
         track.log_result(uri, run_id, metrics, result.history, {
             "config.yaml": OmegaConf.to_yaml(dataclasses.asdict(config)),
             "model_summary.txt": model_summary(plan.model),
@@ -95,6 +97,11 @@ def job_tags(sweep_info: sweep.SweepInfo) -> dict[str, str]:
         "command": " ".join(["python -m tlbench", *hc.overrides.task]),
         "hydra_output_dir": hc.runtime.output_dir,
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (grows across a sequential sweep)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def model_summary(model) -> str:
