@@ -11,7 +11,9 @@ from hydra import compose, initialize_config_module  # noqa: E402
 
 from tlbench.config import RunConfig, parse_config  # noqa: E402
 
-TINY = ["data.input_size=32", "data.train_size=5", "trainer.epochs=1", "trainer.patience=null"]
+# Random init: tests that want source pretraining ask for it with tiny pretrain settings.
+TINY = ["data.input_size=32", "data.train_size=5", "trainer.epochs=1", "trainer.patience=null",
+        "backbone.weights=null"]
 
 
 def compose_config(overrides: list[str]):

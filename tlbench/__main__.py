@@ -1,7 +1,8 @@
 """`python -m tlbench`: one benchmark run (or a Hydra multirun of them), read top to bottom.
 
-validate config -> check tracking store -> seed -> data -> backbone -> strategy -> fit -> evaluate
--> log to MLflow -> return val_accuracy (for sweepers such as Optuna).
+validate config -> check tracking store -> source pretraining (if asked; cached) -> seed -> data
+-> backbone -> strategy -> fit -> evaluate -> log to MLflow -> return val_accuracy (for sweepers
+such as Optuna).
 """
 
 from __future__ import annotations
@@ -48,15 +49,21 @@ def run(config: RunConfig, tags: dict[str, str]) -> float:
     # Imported only now, so that config and store errors come before TensorFlow's ~5 s start-up.
     import keras
 
-    from tlbench import backbone, data, strategy, train
+    from tlbench import backbone, data, pretrain, strategy, train
 
     spec = backbone.BACKBONES[config.backbone.name]
     weights = config.backbone.weights if strategy.uses_pretrained_weights(config.strategy.name) \
         else None
-    tags = tags | track.environment_tags() | {"weights.kind": backbone.weights_kind(weights)}
+    kind = backbone.weights_kind(weights)
+    tags = tags | track.environment_tags() | {"weights.kind": kind}
     log.info("run %s -> %s (experiment %s)", config.tracking.run_name, uri,
              config.tracking.experiment)
     with track.tracked_run(config, uri, tags) as run_id:
+        checkpoint = None
+        if kind == "source":  # setup, not fit: timed apart as pretrain_seconds (0 when cached)
+            checkpoint = pretrain.source_checkpoint(config.backbone, config.pretrain,
+                                                    config.trainer)
+            weights = str(checkpoint.weights_path)
         setup_start = time.perf_counter()
         keras.backend.clear_session()
         train.configure_runtime(config.trainer, config.seed)
@@ -67,6 +74,8 @@ def run(config: RunConfig, tags: dict[str, str]) -> float:
         base = backbone.build_base(spec, config.backbone.input_size, weights,
                                    config.backbone.bn_momentum)
         log.info("backbone %s (weights=%s, %dpx)", spec.name, weights, config.backbone.input_size)
+        track.log_weights(uri, run_id, backbone.weights_sha256(
+            spec, config.backbone.input_size, weights), checkpoint)
         plan = strategy.build_plan(base, spec, dataset.n_classes, config.strategy, config.trainer)
         setup_seconds = time.perf_counter() - setup_start
         log.info("strategy %s: phases %s", config.strategy.name,
