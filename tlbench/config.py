@@ -187,7 +187,7 @@ DATA_CONFIGS: dict[str, type[DataConfig]] = {"digits": DigitsConfig, "shapes": S
 SOURCE_PREFIX = "source:"
 SOURCES: dict[str, DataConfig] = {
     "digits04": DigitsConfig(name="digits", classes=[0, 1, 2, 3, 4]),
-    "shapes": ShapesConfig(name="shapes"),
+    "shapes": ShapesConfig(name="shapes", images_per_class=200),
 }
 """Source datasets for backbone.weights=source:<name>: a near (digits 0-4) and a far one."""
 

@@ -139,7 +139,8 @@ def _write_checkpoint(folder: Path, backbone: BackboneConfig, source: str, cfg: 
 
 def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: PretrainConfig,
              trainer: TrainerConfig):
-    """Train the whole backbone plus a throwaway head on the source's train split.
+    """Train the whole backbone plus a throwaway head on the source's train split (Adam, cosine
+    learning-rate decay to 0, so the last epoch is a settled one).
 
     Returns the trained headless base and the facts for the manifest, including the
     inference-mode accuracy on the source's validation split.
@@ -150,7 +151,7 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
 
     from tlbench.data import load_dataset
     from tlbench.strategy import with_head
-    from tlbench.train import configure_runtime, make_optimizer
+    from tlbench.train import configure_runtime
 
     keras.backend.clear_session()
     configure_runtime(trainer, cfg.seed)
@@ -158,7 +159,9 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     data = preprocessed(spec, load_dataset(data_cfg, backbone.input_size, cfg.seed))
     base = build_base(spec, backbone.input_size, None, backbone.bn_momentum)
     model = with_head(base, data.n_classes, HeadConfig(), base_training=None)
-    model.compile(optimizer=make_optimizer("adam", cfg.lr),
+    steps = cfg.epochs * -(-len(data.y_train) // cfg.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=steps)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
                         epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
