@@ -74,8 +74,6 @@ def run(config: RunConfig, tags: dict[str, str]) -> float:
         base = backbone.build_base(spec, config.backbone.input_size, weights,
                                    config.backbone.bn_momentum)
         log.info("backbone %s (weights=%s, %dpx)", spec.name, weights, config.backbone.input_size)
-        track.log_weights(uri, run_id, backbone.weights_sha256(
-            spec, config.backbone.input_size, weights), checkpoint)
         plan = strategy.build_plan(base, spec, dataset.n_classes, config.strategy, config.trainer)
         setup_seconds = time.perf_counter() - setup_start
         log.info("strategy %s: phases %s", config.strategy.name,
@@ -86,6 +84,8 @@ def run(config: RunConfig, tags: dict[str, str]) -> float:
             "config.yaml": OmegaConf.to_yaml(dataclasses.asdict(config)),
             "model_summary.txt": model_summary(plan.model),
         })
+        track.log_weights(uri, run_id, backbone.weights_sha256(
+            spec, config.backbone.input_size, weights), checkpoint)
         track.log_confusion_matrix(uri, run_id, result.confusion, dataset.class_names)
     log.info("done %s: test_accuracy=%.4f val_accuracy=%.4f fit_seconds=%.1f",
              config.tracking.run_name, metrics["test_accuracy"], metrics["val_accuracy"],

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -26,6 +27,9 @@ from mlflow.tracking import MlflowClient
 from tlbench import __version__
 from tlbench.config import RunConfig
 from tlbench.errors import TlbenchError
+
+if TYPE_CHECKING:
+    from tlbench.pretrain import Checkpoint
 
 HTTP_CHECK_SECONDS = 5
 
@@ -182,7 +186,7 @@ def log_result(uri: str, run_id: str, metrics: dict[str, float], history: list[d
         client.log_text(run_id, text, name)
 
 
-def log_weights(uri: str, run_id: str, sha256: str | None, checkpoint) -> None:
+def log_weights(uri: str, run_id: str, sha256: str | None, checkpoint: Checkpoint | None) -> None:
     """The initial weights' checksum; for a source checkpoint its manifest, cost and cache hit."""
     client = MlflowClient(uri)
     if sha256:
