@@ -225,7 +225,7 @@ class PretrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
-    min_val_accuracy: float = 0.8
+    min_val_accuracy: float = 0.6
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
