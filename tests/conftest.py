@@ -16,6 +16,18 @@ TINY = ["data.input_size=32", "data.train_size=5", "trainer.epochs=1", "trainer.
         "backbone.weights=null"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_checkpoint_cache(tmp_path_factory):
+    """Source checkpoints made by tests (and the CLIs they start) go to a temporary cache."""
+    previous = os.environ.get("TLBENCH_CACHE")
+    os.environ["TLBENCH_CACHE"] = str(tmp_path_factory.mktemp("pretrained"))
+    yield
+    if previous is None:
+        os.environ.pop("TLBENCH_CACHE")
+    else:
+        os.environ["TLBENCH_CACHE"] = previous
+
+
 def compose_config(overrides: list[str]):
     """Compose conf/ exactly as `python -m tlbench` does, with overrides."""
     with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):

@@ -182,7 +182,8 @@ def test_unwritable_tracking_location(tmp_path):
 
 def test_unreachable_size_leaves_a_failed_run_with_the_reason(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = tlbench("backbone=vgg16", "data.train_size=500", cwd=tmp_path, uri=uri)
+    result = tlbench("backbone=vgg16", "backbone.weights=null", "data.train_size=500", cwd=tmp_path,
+                     uri=uri)
     last = result.stderr.strip().splitlines()[-1]
     assert_one_line_error(result)
     assert last.startswith("tlbench: error: data.train_size=500 per class is more than the pool")
