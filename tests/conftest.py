@@ -11,7 +11,21 @@ from hydra import compose, initialize_config_module  # noqa: E402
 
 from tlbench.config import RunConfig, parse_config  # noqa: E402
 
-TINY = ["data.input_size=32", "data.train_size=5", "trainer.epochs=1", "trainer.patience=null"]
+# Random init: tests that want source pretraining ask for it with tiny pretrain settings.
+TINY = ["data.input_size=32", "data.train_size=5", "trainer.epochs=1", "trainer.patience=null",
+        "backbone.weights=null"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_checkpoint_cache(tmp_path_factory):
+    """Source checkpoints made by tests (and the CLIs they start) go to a temporary cache."""
+    previous = os.environ.get("TLBENCH_CACHE")
+    os.environ["TLBENCH_CACHE"] = str(tmp_path_factory.mktemp("pretrained"))
+    yield
+    if previous is None:
+        os.environ.pop("TLBENCH_CACHE")
+    else:
+        os.environ["TLBENCH_CACHE"] = previous
 
 
 def compose_config(overrides: list[str]):

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import warnings
+
 import keras
 import numpy as np
 import pytest
 
-from tlbench.backbone import BACKBONES, build_base, preprocess, unfreeze_top
+from tlbench.backbone import (
+    BACKBONES,
+    build_base,
+    preprocess,
+    unfreeze_top,
+    weights_kind,
+)
 from tlbench.errors import TlbenchError
 
 NAMES = sorted(BACKBONES)
@@ -94,3 +105,49 @@ def test_unfreeze_fraction_counts_layers_from_the_top(bases):
     trainable = [layer.name for layer in base.layers if layer.trainable and layer.weights]
     assert trainable == ["block5_conv1", "block5_conv2", "block5_conv3"]  # 3 of 13
     base.trainable = True
+
+
+class _Fetched(Exception):
+    """Raised by the stand-in get_file once it has recorded what Keras asked for."""
+
+
+@pytest.mark.parametrize(("name", "size"), [("resnet50", 32), ("mobilenetv2", 32),
+                                            ("mobilenetv2", 96), ("efficientnetb0", 32),
+                                            ("vgg16", 32)])
+def test_imagenet_file_is_the_one_keras_asks_for(monkeypatch, name, size):
+    from keras.src.utils import file_utils
+
+    asked = []
+
+    def get_file(fname, origin, **kwargs):
+        asked.append((fname, kwargs.get("cache_subdir")))
+        raise _Fetched
+
+    monkeypatch.setattr(file_utils, "get_file", get_file)
+    spec = BACKBONES[name]
+    with pytest.raises(_Fetched), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MobileNetV2 warns that 32px loads the 224 weights
+        getattr(keras.applications, spec.application)(
+            include_top=False, weights="imagenet", input_shape=(size, size, 3))
+    assert asked == [(spec.imagenet_file(size), "models")]
+
+
+@pytest.mark.parametrize(("weights", "kind"), [(None, "none"), ("imagenet", "imagenet"),
+                                               ("source:digits04", "source"),
+                                               ("/tmp/base.weights.h5", "file")])
+def test_weights_kind(weights, kind):
+    assert weights_kind(weights) == kind
+
+
+@pytest.mark.parametrize("keras_home", ["{tmp}/kh", None])
+def test_keras_models_dir_matches_keras(tmp_path, keras_home):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_HOME"}
+    if keras_home:
+        env["KERAS_HOME"] = keras_home.format(tmp=tmp_path)
+    script = ("from keras.src.backend.config import keras_home; import os; "
+              "from tlbench.backbone import keras_models_dir; "
+              "print(os.path.join(os.path.expanduser(keras_home()), 'models')); "
+              "print(keras_models_dir())")
+    out = subprocess.run([sys.executable, "-c", script], env=env, text=True, capture_output=True,
+                         check=True).stdout.split()
+    assert out[0] == out[1]

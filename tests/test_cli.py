@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["data.train_size=5", "trainer.epochs=1", "trainer.patience=null"]
+TINY = ["data.train_size=5", "trainer.epochs=1", "trainer.patience=null", "backbone.weights=null"]
 METRICS = {
     "test_accuracy", "val_accuracy", "test_macro_f1", "train_accuracy", "fit_seconds",
     "first_epoch_seconds", "steady_epoch_seconds", "train_images_per_second", "setup_seconds",
@@ -23,9 +24,10 @@ TAGS = {"sweep_id", "config_hash", "tlbench_version", "git_commit", "tensorflow_
         "keras_version", "mlflow_version", "device", "weights.kind", "command"}
 
 
-def tlbench(*args: str, cwd: Path, uri: str | None = None, python: str = sys.executable):
+def tlbench(*args: str, cwd: Path, uri: str | None = None, python: str = sys.executable,
+            **extra_env: str):
     """Run `python -m tlbench ARGS` as a user would, capturing its output."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | extra_env
     if uri:
         env["MLFLOW_TRACKING_URI"] = uri
     return subprocess.run([python, "-m", "tlbench", *args], cwd=cwd, env=env, text=True,
@@ -68,7 +70,7 @@ def test_every_run_logs_params_metrics_and_tags(multirun):
         params = run.data.params
         assert params["data.train_size"] == "5" and params["seed"] == "0"
         assert params["backbone.input_size"] == "32" and params["trainer.epochs"] == "1"
-        assert run.data.metrics["n_train"] == 50 and run.data.metrics["n_test"] == 360
+        assert run.data.metrics["n_train"] == 25 and run.data.metrics["n_test"] == 180  # digits 5-9
         assert run.data.tags["command"].startswith("python -m tlbench ")
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
     assert len({r.data.tags["config_hash"] for r in runs}) == 4
@@ -95,8 +97,58 @@ def test_every_run_has_artifacts_and_epoch_history(multirun):
     csv = Path(mlflow.artifacts.download_artifacts(
         run_id=runs_of(uri)[0].info.run_id, artifact_path="confusion_matrix.csv", tracking_uri=uri))
     rows = csv.read_text().splitlines()
-    assert rows[0] == "true\\predicted,0,1,2,3,4,5,6,7,8,9"
-    assert sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == 360
+    assert rows[0] == "true\\predicted,5,6,7,8,9"
+    assert sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == 180
+
+
+@pytest.fixture(scope="module")
+def source_multirun(tmp_path_factory):
+    """The default task (digits 5-9 from source:digits04), 1-epoch checkpoint, 3 strategies."""
+    workdir = tmp_path_factory.mktemp("source")
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    result = tlbench("-m", "strategy=feature_extraction,full_retrain,scratch", "data.train_size=5",
+                     "trainer.epochs=1", "trainer.patience=null", "pretrain.epochs=1",
+                     "pretrain.min_val_accuracy=0", f"pretrain.cache_dir={workdir}/cache",
+                     cwd=workdir, uri=uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {r.info.run_name.split("-")[1]: r for r in runs_of(uri)}, uri
+
+
+def test_source_weights_are_pretrained_once_and_logged(source_multirun):
+    runs, uri = source_multirun
+    first, second = runs["feature_extraction"], runs["full_retrain"]
+    manifest_path = mlflow.artifacts.download_artifacts(
+        run_id=first.info.run_id, artifact_path="source_manifest.json", tracking_uri=uri)
+    manifest = json.loads(Path(manifest_path).read_text())
+    for run in (first, second):
+        assert run.data.tags["weights.kind"] == "source"
+        assert run.data.tags["weights.sha256"] == manifest["weights_sha256"]
+        assert run.data.metrics["source_val_accuracy"] == manifest["source_val_accuracy"]
+        assert run.data.params["backbone.weights"] == "source:digits04"
+    assert first.data.tags["pretrain.cache_hit"] == "false"
+    assert second.data.tags["pretrain.cache_hit"] == "true"
+    assert second.data.metrics["pretrain_seconds"] == 0
+    # Pretraining is setup, not fit: 630 source images vs 25 target images, timed apart.
+    assert first.data.metrics["pretrain_seconds"] > first.data.metrics["fit_seconds"]
+    assert manifest["source"] == "digits04" and manifest["input_size"] == 32
+
+
+def test_scratch_control_ignores_source_weights(source_multirun):
+    runs, _ = source_multirun
+    scratch = runs["scratch"]
+    assert scratch.data.tags["weights.kind"] == "none" and "weights.sha256" not in scratch.data.tags
+    assert scratch.data.metrics["pretrain_seconds"] == 0
+    assert scratch.data.metrics["n_classes"] == 5
+
+
+def test_offline_imagenet_fails_the_run_in_one_line(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench("backbone=vgg16", "backbone.weights=imagenet", *TINY[:-1], cwd=tmp_path,
+                     uri=uri, KERAS_HOME=str(tmp_path / "keras"), https_proxy="http://127.0.0.1:9")
+    assert_one_line_error(result, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 is not in the "
+                                  "Keras cache", str(tmp_path / "keras" / "models"))
+    (run,) = runs_of(uri)
+    assert run.info.status == "FAILED" and run.data.tags["weights.kind"] == "imagenet"
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -130,7 +182,8 @@ def test_unwritable_tracking_location(tmp_path):
 
 def test_unreachable_size_leaves_a_failed_run_with_the_reason(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = tlbench("backbone=vgg16", "data.train_size=500", cwd=tmp_path, uri=uri)
+    result = tlbench("backbone=vgg16", "backbone.weights=null", "data.train_size=500", cwd=tmp_path,
+                     uri=uri)
     last = result.stderr.strip().splitlines()[-1]
     assert_one_line_error(result)
     assert last.startswith("tlbench: error: data.train_size=500 per class is more than the pool")

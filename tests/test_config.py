@@ -26,7 +26,7 @@ def test_groups_are_packaged():
     assert group_options("backbone") == ["efficientnetb0", "mobilenetv2", "resnet50", "vgg16"]
     assert group_options("strategy") == [
         "feature_extraction", "full_retrain", "partial_finetune", "scratch"]
-    assert group_options("data") == ["digits"]
+    assert group_options("data") == ["digits", "digits59", "shapes"]
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,8 @@ def test_defaults_match_public_keys():
     config = parse_config(compose_config([]))
     assert (config.backbone.name, config.strategy.name, config.data.name) == (
         "mobilenetv2", "feature_extraction", "digits")
-    assert config.backbone.weights is None
+    assert config.backbone.weights == "source:digits04"  # the default measures transfer
+    assert config.data.classes == [5, 6, 7, 8, 9]
     assert config.data.train_size == "all"
     assert config.trainer.epochs >= 1 and config.trainer.batch_size >= 1 and config.trainer.lr > 0
     assert config.tracking.uri is None and config.tracking.experiment == "tlbench"

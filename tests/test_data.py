@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlbench.config import DigitsConfig
-from tlbench.data import fixed_splits, load_dataset, load_digits_images, nested_subset
+from tlbench.config import DigitsConfig, ShapesConfig
+from tlbench.data import (
+    fixed_splits,
+    load_dataset,
+    load_digits_images,
+    load_shapes_images,
+    nested_subset,
+)
 from tlbench.errors import TlbenchError
 
 LABELS = np.repeat(np.arange(4), [30, 20, 25, 40])
@@ -76,3 +82,36 @@ def test_resized_images_stay_in_0_255():
     assert dataset.x_train.shape[1:] == (40, 40, 3)
     assert dataset.x_train.min() >= 0 and dataset.x_train.max() <= 255
     assert dataset.x_train.max() > 200
+
+
+def test_digit_classes_are_kept_and_relabelled_in_order():
+    everything = load_digits_images(DigitsConfig(name="digits"))
+    target = load_digits_images(DigitsConfig(name="digits", classes=[5, 6, 7, 8, 9]))
+    assert target.class_names == ("5", "6", "7", "8", "9")
+    assert np.bincount(target.labels).tolist() == np.bincount(everything.labels)[5:].tolist()
+    np.testing.assert_array_equal(target.images[target.labels == 0],
+                                  everything.images[everything.labels == 5])
+
+
+@pytest.mark.parametrize("classes", [[5], [1, 1], [3, 10]])
+def test_bad_digit_classes_are_refused(classes):
+    with pytest.raises(TlbenchError, match="data.classes"):
+        DigitsConfig(name="digits", classes=classes)
+
+
+def test_shapes_are_deterministic_by_seed_and_rgb_in_0_255():
+    cfg = ShapesConfig(name="shapes", n_classes=4, images_per_class=12, image_size=16, seed=3)
+    first, again = load_shapes_images(cfg), load_shapes_images(cfg)
+    other = load_shapes_images(ShapesConfig(name="shapes", n_classes=4, images_per_class=12,
+                                            image_size=16, seed=4))
+    assert first.images.shape == (48, 16, 16, 3) and np.bincount(first.labels).tolist() == [12] * 4
+    assert first.class_names == ("disc", "square", "triangle", "ring")
+    assert first.images.min() >= 0 and first.images.max() <= 255
+    np.testing.assert_array_equal(first.images, again.images)
+    assert not np.array_equal(first.images, other.images)
+
+
+def test_shapes_feed_the_same_splits_and_subsets():
+    dataset = load_dataset(ShapesConfig(name="shapes", train_size="3"), input_size=32, seed=0)
+    assert dataset.n_classes == 10 and dataset.x_train.shape == (30, 32, 32, 3)
+    assert len(dataset.y_test) == 200 and len(dataset.y_val) == 100

@@ -17,7 +17,7 @@ from tlbench.sweep import eta_seconds, grid_size, summary, sweep_id_of
 
 from .test_cli import runs_of, tlbench
 
-VGG_TINY = ["backbone=vgg16", "trainer.epochs=1", "trainer.patience=null"]
+VGG_TINY = ["backbone=vgg16", "backbone.weights=null", "trainer.epochs=1", "trainer.patience=null"]
 
 
 def test_grid_size_counts_the_product():
@@ -56,7 +56,7 @@ def test_packaged_sweeps_dry_run(tmp_path, name):
     result = tlbench("-m", f"+sweep={name}", "dry_run=true", cwd=tmp_path,
                      uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert result.returncode == 0, result.stderr[-2000:]
-    expected = {"quick": 8, "default": 72, "literature": 54}[name]
+    expected = {"quick": 6, "default": 72, "literature": 54}[name]
     assert f"dry run: {expected} to run, 0 to skip" in result.stdout
     assert f"[{expected}/{expected}]" in result.stdout
     assert runs_of(f"sqlite:///{tmp_path}/mlflow.db") == []

@@ -1,7 +1,8 @@
 """`python -m tlbench`: one benchmark run (or a Hydra multirun of them), read top to bottom.
 
-validate config -> check tracking store -> skip if already FINISHED -> seed -> data -> backbone
--> strategy -> fit -> evaluate -> log to MLflow -> return val_accuracy (for sweepers like Optuna).
+validate config -> check tracking store -> skip if already FINISHED -> source pretraining (if
+asked; cached) -> seed -> data -> backbone -> strategy -> fit -> evaluate -> log to MLflow
+-> return val_accuracy (for sweepers such as Optuna).
 """
 
 from __future__ import annotations
@@ -53,14 +54,19 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
     # Imported only now, so that config and store errors come before TensorFlow's ~5 s start-up.
     import keras
 
-    from tlbench import backbone, data, strategy, train
+    from tlbench import backbone, data, pretrain, strategy, train
 
     spec = backbone.BACKBONES[config.backbone.name]
     weights = config.backbone.weights if strategy.uses_pretrained_weights(config.strategy.name) \
         else None
-    tags = job_tags(sweep_info) | track.environment_tags() | {
-        "weights.kind": backbone.weights_kind(weights)}
+    kind = backbone.weights_kind(weights)
+    tags = job_tags(sweep_info) | track.environment_tags() | {"weights.kind": kind}
     with track.tracked_run(config, uri, tags) as run_id:
+        checkpoint = None
+        if kind == "source":  # setup, not fit: timed apart as pretrain_seconds (0 when cached)
+            checkpoint = pretrain.source_checkpoint(config.backbone, config.pretrain,
+                                                    config.trainer)
+            weights = str(checkpoint.weights_path)
         setup_start = time.perf_counter()
         keras.backend.clear_session()
         train.configure_runtime(config.trainer, config.seed,
@@ -83,6 +89,8 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
             "config.yaml": OmegaConf.to_yaml(dataclasses.asdict(config)),
             "model_summary.txt": model_summary(plan.model),
         })
+        track.log_weights(uri, run_id, backbone.weights_sha256(
+            spec, config.backbone.input_size, weights), checkpoint)
         track.log_confusion_matrix(uri, run_id, result.confusion, dataset.class_names)
     return Outcome("done", metrics["val_accuracy"],
                    f"test_accuracy={metrics['test_accuracy']:.4f} "
@@ -141,7 +149,8 @@ hydra_app = hydra.main(version_base="1.3", config_path="pkg://tlbench.conf",
                        config_name="config")(task)
 
 
-SUBCOMMANDS = {"server": "tlbench.server", "report": "tlbench.report.__main__"}
+SUBCOMMANDS = {"server": "tlbench.server", "report": "tlbench.report.__main__",
+               "weights": "tlbench.weights"}
 
 
 def main() -> None:

@@ -7,8 +7,12 @@ static facts, cheap enough to validate configs before TensorFlow starts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import os
 import re
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,13 @@ class BackboneSpec:
     default_input_size: int
     min_input_size: int
     stages: tuple[str, ...]
-    imagenet_file: str
+    imagenet_template: str
+    imagenet_sizes: tuple[int, ...] = ()
+
+    def imagenet_file(self, input_size: int) -> str:
+        """The headless ImageNet file Keras caches in $KERAS_HOME/models for this input size."""
+        rows = input_size if input_size in self.imagenet_sizes else 224
+        return self.imagenet_template.format(rows=rows)
 
     def stage_of(self, layer_name: str) -> int | None:
         """The 1-based stage a layer belongs to, or None for layers outside every stage."""
@@ -52,7 +62,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             default_input_size=224,
             min_input_size=32,
             stages=(r"conv1_|pool1_", r"conv2_", r"conv3_", r"conv4_", r"conv5_"),
-            imagenet_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            imagenet_template="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
         ),
         BackboneSpec(
             name="mobilenetv2",
@@ -68,7 +78,9 @@ BACKBONES: dict[str, BackboneSpec] = {
                 r"block_([6-9]|1[0-2])_",
                 r"block_1[3-6]_|Conv_1|out_relu",
             ),
-            imagenet_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+            # Keras picks the file by rows; other sizes load the 224 weights (with a warning).
+            imagenet_template="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
+            imagenet_sizes=(96, 128, 160, 192, 224),
         ),
         BackboneSpec(
             name="efficientnetb0",
@@ -84,7 +96,7 @@ BACKBONES: dict[str, BackboneSpec] = {
                 r"block[45]",
                 r"block[67]|top_",
             ),
-            imagenet_file="efficientnetb0_notop.h5",
+            imagenet_template="efficientnetb0_notop.h5",
         ),
         BackboneSpec(
             name="vgg16",
@@ -94,7 +106,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             default_input_size=224,
             min_input_size=32,
             stages=(r"block1_", r"block2_", r"block3_", r"block4_", r"block5_"),
-            imagenet_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            imagenet_template="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
         ),
     )
 }
@@ -109,10 +121,45 @@ def preprocess(spec: BackboneSpec, images):
 
 
 def weights_kind(weights: str | None) -> str:
-    """Classify a backbone.weights value for logging: imagenet, file or none."""
+    """Classify a backbone.weights value for logging: imagenet, source, file or none."""
     if weights is None:
         return "none"
-    return "imagenet" if weights == "imagenet" else "file"
+    if weights == "imagenet":
+        return "imagenet"
+    return "source" if weights.startswith("source:") else "file"
+
+
+def keras_models_dir() -> Path:
+    """Where Keras' get_file caches application weights, resolved exactly as Keras does."""
+    home = os.environ.get("KERAS_HOME")
+    if home is None:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    home = os.path.expanduser(home)
+    if not os.access(home, os.W_OK):
+        home = os.path.join("/tmp", ".keras")
+    return Path(home) / "models"
+
+
+def imagenet_path(spec: BackboneSpec, input_size: int) -> Path:
+    """The full path of the cached ImageNet file Keras looks for."""
+    return keras_models_dir() / spec.imagenet_file(input_size)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_sha256(spec: BackboneSpec, input_size: int, weights: str | None) -> str | None:
+    """Checksum of the file the base was loaded from: the Keras cache file or the given path."""
+    if weights is None:
+        return None
+    return sha256_of(imagenet_path(spec, input_size) if weights == "imagenet" else Path(weights))
 
 
 def build_base(spec: BackboneSpec, input_size: int, weights: str | None, bn_momentum: float | None):
@@ -132,17 +179,37 @@ def build_base(spec: BackboneSpec, input_size: int, weights: str | None, bn_mome
     return model
 
 
-def _build_imagenet(spec: BackboneSpec, constructor, shape):
-    """Let Keras fetch ImageNet weights from its cache or the network; actionable error offline."""
+DOWNLOAD_TIMEOUT_SECONDS = 30
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """Bound every blocking socket operation (Keras downloads with urlretrieve, no timeout)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
     try:
-        return constructor(include_top=False, weights="imagenet", input_shape=shape)
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _build_imagenet(spec: BackboneSpec, constructor, shape):
+    """Let Keras load ImageNet weights from its cache or download them; one line when it cannot."""
+    path = imagenet_path(spec, shape[0])
+    cached = path.is_file()
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
+            return constructor(include_top=False, weights="imagenet", input_shape=shape)
     except Exception as exc:
-        if "URL fetch failure" not in str(exc):
+        if "URL fetch failure" not in str(exc) and not isinstance(exc, TimeoutError):
             raise
+        problem = ("was in the Keras cache but failed Keras' checksum (Keras deleted it)" if cached
+                   else "is not in the Keras cache")
         raise TlbenchError(
-            f"backbone.weights=imagenet: {spec.name} weights are not in the Keras cache and cannot "
-            f"be downloaded; copy {spec.imagenet_file} into $KERAS_HOME/models (default "
-            "~/.keras/models), or pass backbone.weights=null or backbone.weights=/path/to/file."
+            f"backbone.weights=imagenet: {spec.imagenet_file(shape[0])} {problem} and cannot be "
+            f"downloaded; copy it to {path} ($KERAS_HOME/models, default ~/.keras/models; "
+            "python -m tlbench.weights lists them all), or use backbone.weights=null, "
+            "a weights file path, or source:digits04 (source pretraining)."
         ) from None
 
 

@@ -37,6 +37,9 @@ class BackboneConfig:
 
     def __post_init__(self) -> None:
         _check_choice("backbone", self.name, BACKBONES)
+        if self.weights is not None and self.weights.startswith(SOURCE_PREFIX):
+            _check(self.weights.removeprefix(SOURCE_PREFIX) in SOURCES, "backbone.weights",
+                   self.weights, "source:<name> with a name among " + ", ".join(sorted(SOURCES)))
         spec = BACKBONES[self.name]
         if self.input_size is None:
             self.input_size = spec.default_input_size
@@ -142,10 +145,51 @@ class DataConfig:
 
 @dataclass
 class DigitsConfig(DataConfig):
-    """scikit-learn's load_digits: 1,797 8x8 grey digits, shipped with the package."""
+    """scikit-learn's load_digits: 1,797 8x8 grey digits, shipped with the package.
+
+    `classes` keeps only those digits, relabelled 0..k-1 in the given order; null keeps all ten.
+    """
+
+    classes: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.classes is not None:
+            _check(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)
+                   and set(self.classes) <= set(range(10)), "data.classes", self.classes,
+                   "null (all ten) or at least two distinct digits from 0 to 9")
 
 
-DATA_CONFIGS: dict[str, type[DataConfig]] = {"digits": DigitsConfig}
+SHAPE_NAMES = ("disc", "square", "triangle", "ring", "cross", "diamond", "hstripes", "vstripes",
+               "checker", "dots")
+
+
+@dataclass
+class ShapesConfig(DataConfig):
+    """Procedural shapes and textures (numpy only), deterministic by `seed`: a far source."""
+
+    n_classes: int = 10
+    images_per_class: int = 100
+    image_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(2 <= self.n_classes <= len(SHAPE_NAMES), "data.n_classes", self.n_classes,
+               f"2 to {len(SHAPE_NAMES)}")
+        _check(self.images_per_class >= 10, "data.images_per_class", self.images_per_class,
+               "at least 10")
+        _check(self.image_size >= 8, "data.image_size", self.image_size, "at least 8")
+
+
+DATA_CONFIGS: dict[str, type[DataConfig]] = {"digits": DigitsConfig, "shapes": ShapesConfig}
+
+SOURCE_PREFIX = "source:"
+SOURCES: dict[str, DataConfig] = {
+    "digits04": DigitsConfig(name="digits", classes=[0, 1, 2, 3, 4]),
+    "shapes": ShapesConfig(name="shapes", images_per_class=200),
+}
+"""Source datasets for backbone.weights=source:<name>: a near (digits 0-4) and a far one."""
 
 
 @dataclass
@@ -174,6 +218,25 @@ class TrainerConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """How source checkpoints (backbone.weights=source:<name>) are trained, checked and cached."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    min_val_accuracy: float = 0.6
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "pretrain.epochs", self.epochs, "at least 1")
+        _check(self.batch_size >= 1, "pretrain.batch_size", self.batch_size, "at least 1")
+        _check(self.lr > 0, "pretrain.lr", self.lr, "a positive float")
+        _check(0 <= self.min_val_accuracy <= 1, "pretrain.min_val_accuracy",
+               self.min_val_accuracy, "a float in [0, 1]")
+
+
+@dataclass
 class TrackingConfig:
     """Where runs are logged; never part of a run's identity (config_hash)."""
 
@@ -192,6 +255,7 @@ class RunConfig:
     data: DataConfig
     trainer: TrainerConfig
     tracking: TrackingConfig
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -227,5 +291,6 @@ def parse_config(cfg: DictConfig) -> RunConfig:
         data=_typed(DATA_CONFIGS[data_name], raw["data"], "data"),
         trainer=_typed(TrainerConfig, raw["trainer"], "trainer"),
         tracking=_typed(TrackingConfig, raw["tracking"], "tracking"),
+        pretrain=_typed(PretrainConfig, raw.get("pretrain", {}), "pretrain"),
         seed=raw.get("seed", 0),
     )

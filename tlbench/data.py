@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from tlbench.config import DataConfig
+from tlbench.config import SHAPE_NAMES, DataConfig, DigitsConfig, ShapesConfig
 from tlbench.errors import TlbenchError
 
 
@@ -44,17 +44,69 @@ class Dataset:
         return len(self.class_names)
 
 
-def load_digits_images(cfg: DataConfig) -> LabelledImages:
-    """scikit-learn's 8x8 digits (0-16 grey levels) as RGB images in [0, 255]."""
+def load_digits_images(cfg: DigitsConfig) -> LabelledImages:
+    """scikit-learn's 8x8 digits (0-16 grey levels) as RGB images in [0, 255], classes kept."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    grey = digits.images.astype(np.float32) * (255.0 / 16.0)
+    classes = list(range(10)) if cfg.classes is None else list(cfg.classes)
+    keep = np.isin(digits.target, classes)
+    relabel = np.full(10, -1, dtype=np.int64)
+    relabel[classes] = np.arange(len(classes))
+    grey = digits.images[keep].astype(np.float32) * (255.0 / 16.0)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    return LabelledImages(rgb, digits.target.astype(np.int64), tuple(str(c) for c in range(10)))
+    return LabelledImages(rgb, relabel[digits.target[keep]], tuple(str(c) for c in classes))
 
 
-LOADERS: dict[str, Callable[[DataConfig], LabelledImages]] = {"digits": load_digits_images}
+def _shape_masks(kind: str, u: np.ndarray, v: np.ndarray, x: np.ndarray, y: np.ndarray,
+                 freq: np.ndarray) -> np.ndarray:
+    """Foreground mask of one shape (object coordinates u, v) or texture (image coordinates)."""
+    r2 = u**2 + v**2
+    masks = {
+        "disc": lambda: r2 <= 1,
+        "square": lambda: np.maximum(abs(u), abs(v)) <= 0.8,
+        "triangle": lambda: (v <= 0.7) & (v >= 2 * abs(u) - 1.0),
+        "ring": lambda: (r2 >= 0.45) & (r2 <= 1),
+        "cross": lambda: (np.minimum(abs(u), abs(v)) <= 0.25) & (np.maximum(abs(u), abs(v)) <= 0.9),
+        "diamond": lambda: abs(u) + abs(v) <= 0.9,
+        "hstripes": lambda: np.sin(freq * y) > 0,
+        "vstripes": lambda: np.sin(freq * x) > 0,
+        "checker": lambda: np.sin(freq * x) * np.sin(freq * y) > 0,
+        "dots": lambda: np.sin(freq * x) * np.sin(freq * y) > 0.5,
+    }
+    return masks[kind]()
+
+
+def load_shapes_images(cfg: ShapesConfig) -> LabelledImages:
+    """Shapes and textures: random contrast, tint, place, size, small rotation, and noise."""
+    rng = np.random.default_rng(cfg.seed)
+    n, size = cfg.images_per_class, cfg.image_size
+    grid = np.linspace(-1, 1, size, dtype=np.float32)
+    y, x = np.meshgrid(grid, grid, indexing="ij")
+    images, labels = [], []
+    for label, kind in enumerate(SHAPE_NAMES[:cfg.n_classes]):
+        centre = rng.uniform(-0.15, 0.15, (2, n, 1, 1))
+        scale = rng.uniform(0.6, 0.9, (n, 1, 1))
+        angle = rng.uniform(-0.26, 0.26, (n, 1, 1))
+        freq = rng.uniform(6, 14, (n, 1, 1))
+        dx, dy = (x - centre[0]) / scale, (y - centre[1]) / scale
+        u = dx * np.cos(angle) + dy * np.sin(angle)
+        v = dy * np.cos(angle) - dx * np.sin(angle)
+        mask = _shape_masks(kind, u, v, x, y, freq)[..., None]
+        background = rng.uniform(0, 255, (n, 1, 1, 1))
+        foreground = (background + rng.uniform(96, 160, (n, 1, 1, 1))) % 256
+        tint = rng.uniform(0.6, 1.0, (n, 1, 1, 3))
+        noise = rng.normal(0, 10, (n, size, size, 3))
+        images.append(np.clip(np.where(mask, foreground, background) * tint + noise, 0, 255))
+        labels.append(np.full(n, label, dtype=np.int64))
+    return LabelledImages(np.concatenate(images).astype(np.float32), np.concatenate(labels),
+                          SHAPE_NAMES[:cfg.n_classes])
+
+
+LOADERS: dict[str, Callable[[DataConfig], LabelledImages]] = {
+    "digits": load_digits_images,
+    "shapes": load_shapes_images,
+}
 
 
 def fixed_splits(labels: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -27,6 +28,9 @@ from mlflow.tracking import MlflowClient
 from tlbench import __version__
 from tlbench.config import RunConfig
 from tlbench.errors import TlbenchError
+
+if TYPE_CHECKING:
+    from tlbench.pretrain import Checkpoint
 
 HTTP_CHECK_SECONDS = 5
 log = logging.getLogger("tlbench")
@@ -89,9 +93,10 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 
 
 def identity(config: RunConfig) -> dict:
-    """The resolved config minus tracking fields: what makes two runs the same experiment cell."""
+    """The resolved config minus where things are stored: what makes two runs the same cell."""
     values = dataclasses.asdict(config)
     values.pop("tracking")
+    values["pretrain"].pop("cache_dir")
     return values
 
 
@@ -223,6 +228,21 @@ def log_result(uri: str, run_id: str, metrics: dict[str, float], history: list[d
         client.log_batch(run_id, metrics=entries[start:start + 1000])
     for name, text in artifacts.items():
         client.log_text(run_id, text, name)
+
+
+def log_weights(uri: str, run_id: str, sha256: str | None, checkpoint: Checkpoint | None) -> None:
+    """The initial weights' checksum; for a source checkpoint its manifest, cost and cache hit."""
+    client = MlflowClient(uri)
+    if sha256:
+        client.set_tag(run_id, "weights.sha256", sha256)
+    seconds = checkpoint.pretrain_seconds if checkpoint else 0.0
+    client.log_metric(run_id, "pretrain_seconds", seconds)
+    if checkpoint is not None:
+        client.set_tag(run_id, "pretrain.cache_hit", str(checkpoint.cache_hit).lower())
+        client.set_tag(run_id, "pretrain.checkpoint", str(checkpoint.weights_path.parent))
+        client.log_metric(run_id, "source_val_accuracy", checkpoint.manifest["source_val_accuracy"])
+        client.log_text(run_id, json.dumps(checkpoint.manifest, indent=2, sort_keys=True) + "\n",
+                        "source_manifest.json")
 
 
 def log_confusion_matrix(uri: str, run_id: str, confusion, class_names: tuple[str, ...]) -> None:

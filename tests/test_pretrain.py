@@ -1,0 +1,136 @@
+"""Source checkpoints: trained once (even by concurrent workers), cached, checked, and loadable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tlbench.backbone import BACKBONES, build_base, sha256_of
+from tlbench.config import BackboneConfig, PretrainConfig, TrainerConfig, parse_config
+from tlbench.errors import TlbenchError
+from tlbench.pretrain import checkpoint_dir, ensure_checkpoint, source_checkpoint
+
+from .conftest import compose_config
+
+BACKBONE = BackboneConfig(name="mobilenetv2", weights="source:digits04", input_size=32)
+TRAINER = TrainerConfig()
+
+
+def tiny(cache_dir, **changes) -> PretrainConfig:
+    """One epoch, no accuracy floor: fast checkpoints for mechanics tests."""
+    return PretrainConfig(**{"epochs": 1, "min_val_accuracy": 0.0, "cache_dir": str(cache_dir)}
+                          | changes)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 1-epoch digits 0-4 checkpoint, trained once for the module."""
+    cfg = tiny(tmp_path_factory.mktemp("cache"))
+    return cfg, ensure_checkpoint(BACKBONE, "digits04", cfg, TRAINER)
+
+
+def test_checkpoint_has_weights_and_a_complete_manifest(trained):
+    _, checkpoint = trained
+    assert not checkpoint.cache_hit and checkpoint.pretrain_seconds > 0
+    manifest = checkpoint.manifest
+    assert manifest["weights_sha256"] == sha256_of(checkpoint.weights_path)
+    assert manifest["classes"] == ["0", "1", "2", "3", "4"]
+    assert manifest["source_data"]["classes"] == [0, 1, 2, 3, 4]
+    assert (manifest["input_size"], manifest["epochs"], manifest["seed"]) == (32, 1, 0)
+    assert 0 <= manifest["source_val_accuracy"] <= 1 and manifest["n_val"] == 90
+    assert {"tlbench_version", "keras_version", "bn_momentum", "pretrain_seconds"} <= set(manifest)
+    on_disk = json.loads((checkpoint.weights_path.parent / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert sorted(p.name for p in checkpoint.weights_path.parent.iterdir()) == [
+        "base.weights.h5", "manifest.json"]  # no temporary files left behind
+
+
+def test_second_request_is_a_cache_hit(trained):
+    cfg, first = trained
+    again = ensure_checkpoint(BACKBONE, "digits04", cfg, TRAINER)
+    assert again.cache_hit and again.pretrain_seconds == 0.0
+    assert again.manifest == first.manifest
+
+
+def test_checkpoint_loads_into_the_headless_backbone(trained):
+    _, checkpoint = trained
+    base = build_base(BACKBONES["mobilenetv2"], 32, str(checkpoint.weights_path), 0.9)
+    assert len(base.get_weights()) > 0
+    assert not np.allclose(base.get_weights()[0],
+                           build_base(BACKBONES["mobilenetv2"], 32, None, 0.9).get_weights()[0])
+
+
+def test_key_covers_settings_but_not_the_cache_location(tmp_path):
+    cfg = tiny(tmp_path)
+    folder = checkpoint_dir(BACKBONE, "digits04", cfg)
+    assert folder.parent == tmp_path and folder.name.startswith("mobilenetv2-digits04-32px-")
+    assert checkpoint_dir(BACKBONE, "digits04", tiny(tmp_path, epochs=2)) != folder
+    assert checkpoint_dir(BACKBONE, "shapes", cfg) != folder
+    assert checkpoint_dir(dataclasses.replace(BACKBONE, input_size=40), "digits04", cfg) != folder
+    assert checkpoint_dir(BACKBONE, "digits04", tiny(tmp_path, min_val_accuracy=0.5)) == folder
+    moved = checkpoint_dir(BACKBONE, "digits04", tiny(tmp_path / "other"))
+    assert moved.name == folder.name
+
+
+def test_cache_dir_defaults_to_env_then_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path))
+    assert checkpoint_dir(BACKBONE, "digits04", PretrainConfig()).parent == tmp_path
+    monkeypatch.delenv("TLBENCH_CACHE")
+    assert str(checkpoint_dir(BACKBONE, "digits04", PretrainConfig()).parent).endswith(
+        os.path.join(".cache", "tlbench", "pretrained"))
+
+
+def test_checkpoint_below_the_accuracy_floor_is_refused(trained):
+    cfg, checkpoint = trained
+    floor = min(1.0, checkpoint.manifest["source_val_accuracy"] + 0.01)
+    with pytest.raises(TlbenchError, match="below pretrain.min_val_accuracy") as err:
+        source_checkpoint(BACKBONE, dataclasses.replace(cfg, min_val_accuracy=floor), TRAINER)
+    assert "\n" not in str(err.value) and "pretrain.epochs" in str(err.value)
+
+
+def test_unknown_source_is_refused():
+    with pytest.raises(TlbenchError, match="source:<name> with a name among digits04, shapes"):
+        BackboneConfig(name="vgg16", weights="source:imagenet21k")
+
+
+CONCURRENT = """
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from tlbench.config import BackboneConfig, PretrainConfig, TrainerConfig, parse_config
+    from tlbench.pretrain import ensure_checkpoint
+    checkpoint = ensure_checkpoint(
+        BackboneConfig(name="mobilenetv2", input_size=32), "digits04",
+        PretrainConfig(epochs=1, seed=7, cache_dir=sys.argv[1]), TrainerConfig())
+    print("cache_hit", checkpoint.cache_hit, checkpoint.manifest["weights_sha256"])
+"""
+
+
+def test_concurrent_workers_train_once(tmp_path):
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    workers = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(CONCURRENT), str(tmp_path)],
+                                env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), outputs[0][1][-2000:]
+    results = [line.split() for out, _ in outputs for line in out.splitlines()
+               if line.startswith("cache_hit")]
+    assert sorted(hit for _, hit, _ in results) == ["False", "True"]
+    assert len({sha for _, _, sha in results}) == 1
+    assert sum(err.count("pretraining mobilenetv2") for _, err in outputs) == 1
+
+
+@pytest.mark.slow
+def test_default_digits04_pretraining_is_good(tmp_path):
+    """The shipped pretrain settings give a strong source model (inference-mode val accuracy)."""
+    config = parse_config(compose_config([f"pretrain.cache_dir={tmp_path}"]))
+    checkpoint = source_checkpoint(config.backbone, config.pretrain, config.trainer)
+    print("source val accuracy", checkpoint.manifest["source_val_accuracy"],
+          "seconds", round(checkpoint.pretrain_seconds))
+    assert checkpoint.manifest["source_val_accuracy"] > 0.85

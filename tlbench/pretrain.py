@@ -1,0 +1,193 @@
+"""Pretrain stage: train a backbone on a source dataset once, cache its headless weights.
+
+`backbone.weights=source:<name>` asks for a checkpoint keyed by backbone, source, input size,
+BatchNorm momentum and the pretrain settings. The first worker to ask trains it under a file lock
+and writes it atomically; every other worker waits for the lock and loads the cached files. A
+checkpoint directory holds `base.weights.h5` and `manifest.json` (written last: its presence means
+the checkpoint is complete).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from tlbench import __version__
+from tlbench.backbone import BACKBONES, BackboneSpec, build_base, preprocessed, sha256_of
+from tlbench.config import (
+    SOURCE_PREFIX,
+    SOURCES,
+    BackboneConfig,
+    HeadConfig,
+    PretrainConfig,
+    TrainerConfig,
+)
+from tlbench.errors import TlbenchError
+
+log = logging.getLogger("tlbench")
+
+RECIPE = 1  # bump when the training recipe below changes, so old checkpoints are not reused
+WEIGHTS_FILE = "base.weights.h5"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A source-pretrained base: its weights file, manifest, and what obtaining it cost."""
+
+    weights_path: Path
+    manifest: dict
+    pretrain_seconds: float
+    cache_hit: bool
+
+
+def cache_root(cfg: PretrainConfig) -> Path:
+    """pretrain.cache_dir, else $TLBENCH_CACHE, else ~/.cache/tlbench/pretrained."""
+    root = cfg.cache_dir or os.environ.get("TLBENCH_CACHE") or "~/.cache/tlbench/pretrained"
+    return Path(root).expanduser()
+
+
+def checkpoint_key(backbone: BackboneConfig, source: str, cfg: PretrainConfig) -> dict:
+    """Everything that determines the pretrained weights (the cache location excluded)."""
+    settings = dataclasses.asdict(cfg)
+    settings.pop("cache_dir")
+    settings.pop("min_val_accuracy")
+    return {
+        "backbone": backbone.name,
+        "input_size": backbone.input_size,
+        "bn_momentum": backbone.bn_momentum,
+        "source": source,
+        "source_data": dataclasses.asdict(SOURCES[source]),
+        "pretrain": settings,
+        "recipe": RECIPE,
+    }
+
+
+def checkpoint_dir(backbone: BackboneConfig, source: str, cfg: PretrainConfig) -> Path:
+    """The cache directory for one key: readable prefix plus a hash of the whole key."""
+    key = checkpoint_key(backbone, source, cfg)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root(cfg) / f"{backbone.name}-{source}-{backbone.input_size}px-{digest}"
+
+
+def source_checkpoint(backbone: BackboneConfig, cfg: PretrainConfig,
+                      trainer: TrainerConfig) -> Checkpoint:
+    """The checkpoint for backbone.weights=source:<name>, trained now if not cached; refused if
+    its source validation accuracy is below pretrain.min_val_accuracy."""
+    source = backbone.weights.removeprefix(SOURCE_PREFIX)
+    checkpoint = ensure_checkpoint(backbone, source, cfg, trainer)
+    accuracy = checkpoint.manifest["source_val_accuracy"]
+    if accuracy < cfg.min_val_accuracy:
+        raise TlbenchError(
+            f"backbone.weights={backbone.weights}: the checkpoint's source val accuracy is "
+            f"{accuracy:.3f}, below pretrain.min_val_accuracy={cfg.min_val_accuracy}; raise "
+            f"pretrain.epochs or lower pretrain.min_val_accuracy "
+            f"({checkpoint.weights_path.parent})."
+        )
+    return checkpoint
+
+
+def ensure_checkpoint(backbone: BackboneConfig, source: str, cfg: PretrainConfig,
+                      trainer: TrainerConfig) -> Checkpoint:
+    """Load the cached checkpoint, or train and cache it; concurrent callers train it once."""
+    folder = checkpoint_dir(backbone, source, cfg)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with FileLock(str(folder) + ".lock"):
+        manifest_path = folder / MANIFEST_FILE
+        cache_hit = manifest_path.is_file()
+        if not cache_hit:
+            log.info("pretraining %s on source %s at %dpx -> %s", backbone.name, source,
+                     backbone.input_size, folder)
+            _write_checkpoint(folder, backbone, source, cfg, trainer)
+        manifest = json.loads(manifest_path.read_text())
+    seconds = 0.0 if cache_hit else time.perf_counter() - start
+    log.info("source checkpoint %s (%s): source val accuracy %.4f", folder.name,
+             "cached" if cache_hit else f"trained in {seconds:.0f} s",
+             manifest["source_val_accuracy"])
+    return Checkpoint(folder / WEIGHTS_FILE, manifest, seconds, cache_hit)
+
+
+def _write_checkpoint(folder: Path, backbone: BackboneConfig, source: str, cfg: PretrainConfig,
+                      trainer: TrainerConfig) -> None:
+    """Train, then write weights and manifest via temporary files and os.replace."""
+    folder.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    base, facts = pretrain(BACKBONES[backbone.name], backbone, source, cfg, trainer)
+    temporary = folder / f"tmp-{os.getpid()}.weights.h5"
+    base.save_weights(temporary)
+    os.replace(temporary, folder / WEIGHTS_FILE)
+    manifest = facts | {
+        "key": checkpoint_key(backbone, source, cfg),
+        "pretrain_seconds": round(time.perf_counter() - start, 3),
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": sha256_of(folder / WEIGHTS_FILE),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    temporary = folder / f"tmp-{os.getpid()}.json"
+    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, folder / MANIFEST_FILE)
+
+
+def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: PretrainConfig,
+             trainer: TrainerConfig):
+    """Train the whole backbone plus a throwaway head on the source's train split (Adam, cosine
+    learning-rate decay to 0, so the last epoch is a settled one).
+
+    Returns the trained headless base and the facts for the manifest, including the
+    inference-mode accuracy on the source's validation split.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tlbench.data import load_dataset
+    from tlbench.strategy import with_head
+    from tlbench.train import configure_runtime
+
+    keras.backend.clear_session()
+    configure_runtime(trainer, cfg.seed)
+    data_cfg = dataclasses.replace(SOURCES[source], train_size="all")
+    data = preprocessed(spec, load_dataset(data_cfg, backbone.input_size, cfg.seed))
+    base = build_base(spec, backbone.input_size, None, backbone.bn_momentum)
+    model = with_head(base, data.n_classes, HeadConfig(), base_training=None)
+    steps = cfg.epochs * -(-len(data.y_train) // cfg.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=steps)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
+                        epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
+                        verbose=trainer.verbose)
+
+    def accuracy(x, y) -> float:
+        predicted = np.argmax(model.predict(x, batch_size=cfg.batch_size, verbose=0), axis=1)
+        return float(np.mean(predicted == y))
+
+    return base, {
+        "backbone": spec.name,
+        "source": source,
+        "source_data": dataclasses.asdict(data_cfg),
+        "classes": list(data.class_names),
+        "input_size": backbone.input_size,
+        "bn_momentum": backbone.bn_momentum,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "seed": cfg.seed,
+        "n_train": len(data.y_train),
+        "n_val": len(data.y_val),
+        "source_train_accuracy": accuracy(data.x_train, data.y_train),
+        "source_val_accuracy": accuracy(data.x_val, data.y_val),
+        "final_train_loss": float(history.history["loss"][-1]),
+        "tlbench_version": __version__,
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+    }
