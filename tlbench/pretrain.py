@@ -154,7 +154,7 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     from tlbench.train import configure_runtime
 
     keras.backend.clear_session()
-    configure_runtime(trainer, cfg.seed)
+    configure_runtime(trainer, cfg.seed, trainer.threads)
     data_cfg = dataclasses.replace(SOURCES[source], train_size="all")
     data = preprocessed(spec, load_dataset(data_cfg, backbone.input_size, cfg.seed))
     base = build_base(spec, backbone.input_size, None, backbone.bn_momentum)
