@@ -19,8 +19,9 @@ from pathlib import Path
 
 from tlbench.server import serve
 
-GRID = ["backbone=vgg16", "strategy=feature_extraction,partial_finetune",
-        "data.train_size=5,10,20,40", "trainer.epochs=2", "trainer.patience=null"]
+GRID = ["backbone=vgg16", "backbone.weights=null",
+        "strategy=feature_extraction,partial_finetune", "data.train_size=5,10,20,40",
+        "trainer.epochs=2", "trainer.patience=null"]
 WORKERS = {"1 worker (basic launcher)": [],
            "2 workers (joblib, n_jobs=2)": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
 

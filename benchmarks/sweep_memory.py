@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-GRID = ["backbone=vgg16,mobilenetv2", "strategy=feature_extraction,scratch",
-        "data.train_size=2,3,4,5,6", "trainer.epochs=1", "trainer.patience=null"]
+GRID = ["backbone=vgg16,mobilenetv2", "backbone.weights=null",
+        "strategy=feature_extraction,scratch", "data.train_size=2,3,4,5,6",
+        "trainer.epochs=1", "trainer.patience=null"]
 
 
 def main() -> None:
