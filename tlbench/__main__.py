@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from tlbench import sweep  # noqa: E402
 from tlbench.config import RunConfig, parse_config  # noqa: E402
-from tlbench.errors import TlbenchError  # noqa: E402
+from tlbench.errors import TlbenchError, last_line  # noqa: E402
 
 log = logging.getLogger("tlbench")
 
@@ -131,8 +131,7 @@ def task(cfg: DictConfig) -> float:
         outcome = run(config, sweep_info, bool(cfg.get("dry_run")))
     except Exception as exc:
         sweep.record_job(sweep_info, name, "failed", time.monotonic() - start,
-                         error=str(exc).strip().splitlines()[-1] if str(exc).strip() else
-                         type(exc).__name__)
+                         error=last_line(exc))
         if isinstance(exc, TlbenchError) and HydraConfig.get().mode != RunMode.MULTIRUN:
             raise SystemExit(f"tlbench: error: {exc}") from None
         log.error("%sFAILED %s: %s", sweep.progress_prefix(sweep_info), name, exc)

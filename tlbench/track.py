@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from tlbench import __version__
 from tlbench.config import RunConfig
-from tlbench.errors import TlbenchError
+from tlbench.errors import TlbenchError, last_line
 
 if TYPE_CHECKING:
     from tlbench.pretrain import Checkpoint
@@ -203,16 +203,15 @@ def tracked_run(config: RunConfig, uri: str, tags: dict[str, str]) -> Iterator[s
         ])
         yield run_id
     except BaseException as exc:
-        client.set_tag(run_id, "error", _last_line(exc))
+        client.set_tag(run_id, "error", _error_tag(exc))
         client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
 
 
-def _last_line(exc: BaseException) -> str:
-    """The exception's last message line, prefixed with its type."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:5000]
+def _error_tag(exc: BaseException) -> str:
+    """The exception's type and last message line, for the run's `error` tag."""
+    return f"{type(exc).__name__}: {last_line(exc)}"[:5000]
 
 
 def log_result(uri: str, run_id: str, metrics: dict[str, float], history: list[dict],
