@@ -89,8 +89,9 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
             "config.yaml": OmegaConf.to_yaml(dataclasses.asdict(config)),
             "model_summary.txt": model_summary(plan.model),
         })
-        track.log_weights(uri, run_id, backbone.weights_sha256(
-            spec, config.backbone.input_size, weights), checkpoint)
+        sha256 = checkpoint.manifest["weights_sha256"] if checkpoint else \
+            backbone.weights_sha256(spec, config.backbone.input_size, weights)
+        track.log_weights(uri, run_id, sha256, checkpoint)
         track.log_confusion_matrix(uri, run_id, result.confusion, dataset.class_names)
     return Outcome("done", metrics["val_accuracy"],
                    f"test_accuracy={metrics['test_accuracy']:.4f} "
