@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("tlbench")
 
 JOBS_FILE = "tlbench_jobs.jsonl"
-NOT_IDENTITY = ("tracking.", "dry_run", "trainer.verbose", "hydra.")
+NOT_IDENTITY = ("tracking.", "dry_run", "trainer.verbose", "hydra.", "hydra/")
 
 
 def register_sweeps() -> None:
