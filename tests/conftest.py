@@ -44,20 +44,29 @@ def tiny_config():
     return make
 
 
+def data_config(option: str, **overrides):
+    """A typed data config from its packaged YAML plus overrides (no Hydra app needed)."""
+    from tlbench import registry
+    from tlbench.config import group_config
+
+    return group_config("data", option, registry.SOURCES[option].Config, **overrides)
+
+
 def build_run(config: RunConfig):
     """Data and plan for a config, exactly as the CLI builds them (tracking aside)."""
-    import keras
+    from tlbench import backbone, data, strategy
+    from tlbench.prepare import prepare
 
-    from tlbench import backbone, data, strategy, train
+    adapt = strategy.for_run(config)
+    prepared = prepare(config, adapt.weights(prepared_entry(config), config.backbone.weights),
+                       config.trainer.threads)
+    dataset = backbone.preprocessed(prepared.entry, data.materialise(
+        prepared.source, prepared.splits, config.backbone.input_size))
+    return dataset, adapt.plan(prepared.base, prepared.entry, dataset.n_classes, config.trainer)
 
-    keras.backend.clear_session()
-    train.configure_runtime(config.trainer, config.seed, config.trainer.threads)
-    spec = backbone.BACKBONES[config.backbone.name]
-    weights = config.backbone.weights if strategy.uses_pretrained_weights(
-        config.strategy.name, config.backbone.name) else None
-    dataset = backbone.preprocessed(
-        spec, data.load_dataset(config.data, config.backbone.input_size, config.seed))
-    base = backbone.build_base(spec, config.backbone.input_size, weights,
-                               config.backbone.bn_momentum)
-    return dataset, strategy.build_plan(base, spec, dataset.n_classes, config.strategy,
-                                        config.trainer)
+
+def prepared_entry(config: RunConfig):
+    """The registry entry of the config's backbone."""
+    from tlbench import registry
+
+    return registry.BACKBONES[config.backbone.name]

@@ -128,8 +128,7 @@ def test_imagenet_file_is_the_one_keras_asks_for(monkeypatch, name, size):
     spec = BACKBONES[name]
     with pytest.raises(_Fetched), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MobileNetV2 warns that 32px loads the 224 weights
-        getattr(keras.applications, spec.application)(
-            include_top=False, weights="imagenet", input_shape=(size, size, 3))
+        spec.build((size, size, 3), weights="imagenet")
     assert asked == [(spec.imagenet_file(size), "models")]
 
 

@@ -5,23 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlbench.config import DigitsConfig, ShapesConfig
-from tlbench.data import (
-    fixed_splits,
-    load_dataset,
-    load_digits_images,
-    load_shapes_images,
-    nested_subset,
-)
+from tlbench.data import fixed_splits, load_dataset, nested_subset
+from tlbench.data.digits import load_digits_images
+from tlbench.data.shapes import load_shapes_images
 from tlbench.errors import TlbenchError
+
+from .conftest import data_config
 
 LABELS = np.repeat(np.arange(4), [30, 20, 25, 40])
 
 
 def test_digits_are_rgb_in_0_255():
-    source = load_digits_images(DigitsConfig(name="digits"))
-    assert source.images.shape == (1797, 8, 8, 3)
-    assert source.images.min() == 0 and source.images.max() == 255
+    source = load_digits_images(data_config("digits"))
+    assert source.images.pixels.shape == (1797, 8, 8, 3)
+    assert source.images.pixels.min() == 0 and source.images.pixels.max() == 255
     assert source.class_names == tuple("0123456789")
 
 
@@ -60,7 +57,7 @@ def test_size_larger_than_data_is_refused(size, message):
 
 
 def test_splits_are_disjoint_stratified_and_cover_everything():
-    cfg = DigitsConfig(name="digits", val_fraction=0.1, test_fraction=0.2, split_seed=0)
+    cfg = data_config("digits", val_fraction=0.1, test_fraction=0.2, split_seed=0)
     labels = load_digits_images(cfg).labels
     pool, val, test = fixed_splits(labels, cfg)
     assert len(set(pool) | set(val) | set(test)) == len(labels) == len(pool) + len(val) + len(test)
@@ -69,49 +66,49 @@ def test_splits_are_disjoint_stratified_and_cover_everything():
 
 
 def test_test_set_does_not_depend_on_size_or_seed():
-    cfg = DigitsConfig(name="digits", train_size="5")
+    cfg = data_config("digits", train_size="5")
     first = load_dataset(cfg, input_size=32, seed=0)
-    other = load_dataset(DigitsConfig(name="digits", train_size="all"), input_size=32, seed=7)
+    other = load_dataset(data_config("digits", train_size="all"), input_size=32, seed=7)
     assert np.array_equal(first.x_test, other.x_test) and np.array_equal(first.y_test, other.y_test)
     assert np.array_equal(first.x_val, other.x_val)
     assert first.x_train.shape == (50, 32, 32, 3) and len(other.y_train) == 1257
 
 
 def test_resized_images_stay_in_0_255():
-    dataset = load_dataset(DigitsConfig(name="digits", train_size="2"), input_size=40, seed=0)
+    dataset = load_dataset(data_config("digits", train_size="2"), input_size=40, seed=0)
     assert dataset.x_train.shape[1:] == (40, 40, 3)
     assert dataset.x_train.min() >= 0 and dataset.x_train.max() <= 255
     assert dataset.x_train.max() > 200
 
 
 def test_digit_classes_are_kept_and_relabelled_in_order():
-    everything = load_digits_images(DigitsConfig(name="digits"))
-    target = load_digits_images(DigitsConfig(name="digits", classes=[5, 6, 7, 8, 9]))
+    everything = load_digits_images(data_config("digits"))
+    target = load_digits_images(data_config("digits", classes=[5, 6, 7, 8, 9]))
     assert target.class_names == ("5", "6", "7", "8", "9")
     assert np.bincount(target.labels).tolist() == np.bincount(everything.labels)[5:].tolist()
-    np.testing.assert_array_equal(target.images[target.labels == 0],
-                                  everything.images[everything.labels == 5])
+    np.testing.assert_array_equal(target.images.pixels[target.labels == 0],
+                                  everything.images.pixels[everything.labels == 5])
 
 
 @pytest.mark.parametrize("classes", [[5], [1, 1], [3, 10]])
 def test_bad_digit_classes_are_refused(classes):
     with pytest.raises(TlbenchError, match="data.classes"):
-        DigitsConfig(name="digits", classes=classes)
+        data_config("digits", classes=classes)
 
 
 def test_shapes_are_deterministic_by_seed_and_rgb_in_0_255():
-    cfg = ShapesConfig(name="shapes", n_classes=4, images_per_class=12, image_size=16, seed=3)
+    cfg = data_config("shapes", n_classes=4, images_per_class=12, image_size=16, seed=3)
     first, again = load_shapes_images(cfg), load_shapes_images(cfg)
-    other = load_shapes_images(ShapesConfig(name="shapes", n_classes=4, images_per_class=12,
+    other = load_shapes_images(data_config("shapes", n_classes=4, images_per_class=12,
                                             image_size=16, seed=4))
-    assert first.images.shape == (48, 16, 16, 3) and np.bincount(first.labels).tolist() == [12] * 4
+    assert first.images.pixels.shape == (48, 16, 16, 3) and np.bincount(first.labels).tolist() == [12] * 4
     assert first.class_names == ("disc", "square", "triangle", "ring")
-    assert first.images.min() >= 0 and first.images.max() <= 255
-    np.testing.assert_array_equal(first.images, again.images)
-    assert not np.array_equal(first.images, other.images)
+    assert first.images.pixels.min() >= 0 and first.images.pixels.max() <= 255
+    np.testing.assert_array_equal(first.images.pixels, again.images.pixels)
+    assert not np.array_equal(first.images.pixels, other.images.pixels)
 
 
 def test_shapes_feed_the_same_splits_and_subsets():
-    dataset = load_dataset(ShapesConfig(name="shapes", train_size="3"), input_size=32, seed=0)
+    dataset = load_dataset(data_config("shapes", train_size="3"), input_size=32, seed=0)
     assert dataset.n_classes == 10 and dataset.x_train.shape == (30, 32, 32, 3)
     assert len(dataset.y_test) == 200 and len(dataset.y_val) == 100

@@ -14,27 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlbench.config import (
-    DigitsConfig,
-    FolderConfig,
-    KerasConfig,
-    NpzConfig,
-    ShapesConfig,
-    SyntheticConfig,
-    TfdsConfig,
-)
-from tlbench.data import (
-    load_dataset,
-    load_digits_images,
-    load_folder_images,
-    load_npz_images,
-    load_shapes_images,
-    load_source,
-    load_synthetic_images,
-    load_tfds_images,
-    split_indices,
-)
+from tlbench import registry
+from tlbench.data import load_dataset, load_source, split_indices
+from tlbench.data.digits import load_digits_images
+from tlbench.data.folder import load_folder_images
+from tlbench.data.npz import load_npz_images
+from tlbench.data.shapes import load_shapes_images
+from tlbench.data.synthetic import load_synthetic_images
+from tlbench.data.tfds import load_tfds_images
 from tlbench.errors import TlbenchError
+
+from .conftest import data_config
 
 
 def write_image(path, size=12, mode="RGB", colour=(200, 30, 30), fmt=None):
@@ -58,7 +48,7 @@ def image_folder(root, classes=("cat", "dog"), per_class=6, size=12, suffix=".pn
 
 
 def folder_cfg(path, **kwargs):
-    return FolderConfig(name="folder", path=str(path), input_size=kwargs.pop("input_size", 32),
+    return data_config("folder", path=str(path), input_size=kwargs.pop("input_size", 32),
                         **kwargs)
 
 
@@ -246,8 +236,8 @@ def test_file_that_passes_the_header_check_but_fails_to_decode(tmp_path):
 
 def test_embedded_and_generated_sources_say_they_are_upscaled(caplog):
     with caplog.at_level(logging.INFO, logger="tlbench"):
-        load_source(DigitsConfig(name="digits", input_size=32))
-        load_source(SyntheticConfig(name="synthetic", image_size=16, input_size=32))
+        load_source(data_config("digits", input_size=32))
+        load_source(data_config("synthetic", image_size=16, input_size=32))
     lines = [r.getMessage() for r in caplog.records if "upscaled" in r.getMessage()]
     assert lines == [
         "data digits: 1797 of 1797 images are smaller than 32x32 (smallest 8x8); they are upscaled",
@@ -260,11 +250,11 @@ def test_embedded_and_generated_sources_say_they_are_upscaled(caplog):
 def test_keras_dataset_not_cached_offline_names_the_cache_file(tmp_path):
     """A fresh KERAS_HOME (Keras reads it at import, hence the subprocess) and no network."""
     code = textwrap.dedent("""
-        from tlbench.config import KerasConfig
-        from tlbench.data import load_keras_images
+        from tlbench.config import group_config
+        from tlbench.data.keras_datasets import KerasConfig, load_keras_images
         from tlbench.errors import TlbenchError
         try:
-            load_keras_images(KerasConfig(name="keras", dataset="mnist"))
+            load_keras_images(group_config("data", "keras", KerasConfig, dataset="mnist"))
         except TlbenchError as exc:
             print("ERROR", exc)
     """)
@@ -283,14 +273,14 @@ def test_keras_dataset_not_cached_offline_names_the_cache_file(tmp_path):
 def test_unknown_tfds_name(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(TlbenchError, match=r"'no_such_set_xyz' is not a TFDS dataset; see"):
-        load_tfds_images(TfdsConfig(name="tfds", dataset="no_such_set_xyz", data_dir=str(tmp_path)))
+        load_tfds_images(data_config("tfds", dataset="no_such_set_xyz", data_dir=str(tmp_path)))
 
 
 def test_tfds_dataset_not_prepared_offline(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(TlbenchError, match=r"data.dataset=mnist: split train\+test is not "
                                            r"prepared in .*tfds build mnist"):
-        load_tfds_images(TfdsConfig(name="tfds", dataset="mnist", data_dir=str(tmp_path)))
+        load_tfds_images(data_config("tfds", dataset="mnist", data_dir=str(tmp_path)))
 
 
 def test_tfds_prepared_dataset_loads_offline(tmp_path):
@@ -316,7 +306,7 @@ def test_tfds_prepared_dataset_loads_offline(tmp_path):
                                         "label": label}
 
     TlbenchTinyShapes(data_dir=str(tmp_path)).download_and_prepare()
-    source = load_tfds_images(TfdsConfig(name="tfds", dataset="tlbench_tiny_shapes",
+    source = load_tfds_images(data_config("tfds", dataset="tlbench_tiny_shapes",
                                          data_dir=str(tmp_path), input_size=32))
     assert source.class_names == ("dark", "light") and len(source.images) == 16
     assert source.given_test.tolist() == list(range(12, 16))
@@ -328,7 +318,7 @@ def test_tfds_prepared_dataset_loads_offline(tmp_path):
 # --- synthetic -----------------------------------------------------------------------------------
 
 def test_synthetic_is_deterministic_lazy_and_balanced():
-    cfg = SyntheticConfig(name="synthetic", n_classes=12, images_per_class=20, image_size=16,
+    cfg = data_config("synthetic", n_classes=12, images_per_class=20, image_size=16,
                           seed=5)
     source, again = load_synthetic_images(cfg), load_synthetic_images(cfg)
     assert len(source.images) == 240 and np.bincount(source.labels).tolist() == [20] * 12
@@ -337,7 +327,7 @@ def test_synthetic_is_deterministic_lazy_and_balanced():
     np.testing.assert_array_equal(source.images[some], again.images[some])
     np.testing.assert_array_equal(source.images[some][1], source.images[np.array([100])][0])
     assert source.fingerprint() == again.fingerprint()
-    other = load_synthetic_images(SyntheticConfig(name="synthetic", n_classes=12,
+    other = load_synthetic_images(data_config("synthetic", n_classes=12,
                                                   images_per_class=20, image_size=16, seed=6))
     assert other.fingerprint() != source.fingerprint()
     assert not np.array_equal(other.images[some], source.images[some])
@@ -348,7 +338,7 @@ def test_synthetic_is_deterministic_lazy_and_balanced():
 def test_synthetic_classes_are_learnable_by_a_linear_model():
     from sklearn.linear_model import LogisticRegression
 
-    cfg = SyntheticConfig(name="synthetic", n_classes=5, images_per_class=40, image_size=16)
+    cfg = data_config("synthetic", n_classes=5, images_per_class=40, image_size=16)
     dataset = load_dataset(cfg, input_size=16, seed=0)
     model = LogisticRegression(max_iter=300).fit(dataset.x_train.reshape(len(dataset.x_train), -1)
                                                  / 255, dataset.y_train)
@@ -364,7 +354,7 @@ def test_npz_keeps_its_test_split_and_class_names(tmp_path):
     np.savez(path, x_train=rng.integers(0, 255, (30, 8, 8), np.uint8), y_train=np.arange(30) % 3,
              x_test=rng.integers(0, 255, (9, 8, 8), np.uint8), y_test=np.arange(9) % 3,
              class_names=np.array(["a", "b", "c"]))
-    cfg = NpzConfig(name="npz", path=str(path), train_size="3")
+    cfg = data_config("npz", path=str(path), train_size="3")
     source = load_npz_images(cfg)
     assert source.class_names == ("a", "b", "c") and source.given_test.tolist() == \
         list(range(30, 39))
@@ -384,13 +374,13 @@ def test_npz_missing_keys_or_mismatched_lengths(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
     with pytest.raises(TlbenchError, match=message):
-        load_npz_images(NpzConfig(name="npz", path=str(path)))
+        load_npz_images(data_config("npz", path=str(path)))
 
 
 def test_npz_that_is_not_an_npz(tmp_path):
     (tmp_path / "x.npz").write_text("hello")
     with pytest.raises(TlbenchError, match="cannot read it as an .npz file"):
-        load_npz_images(NpzConfig(name="npz", path=str(tmp_path / "x.npz")))
+        load_npz_images(data_config("npz", path=str(tmp_path / "x.npz")))
 
 
 # --- configs and unchanged sources ---------------------------------------------------------------
@@ -402,44 +392,44 @@ REQUIRED = {"folder": ["data.path=pets"], "npz": ["data.path=mine.npz"],
 @pytest.mark.parametrize("name", ["folder", "keras", "npz", "synthetic", "tfds"])
 def test_every_data_config_composes_and_documents_its_keys(name):
     from tests.conftest import compose_config
-    from tlbench.config import DATA_CONFIGS, parse_config
+    from tlbench.config import parse_config
 
     config = parse_config(compose_config([f"data={name}", *REQUIRED.get(name, [])]))
-    assert isinstance(config.data, DATA_CONFIGS[name])
+    assert isinstance(config.data, registry.SOURCES[name].Config)
     assert config.backbone.input_size == config.data.input_size
     if name in REQUIRED:
         with pytest.raises(TlbenchError, match="data.(path|dataset)=None is invalid"):
             parse_config(compose_config([f"data={name}"]))
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    for field in dataclasses.fields(DATA_CONFIGS[name]):
+    for field in dataclasses.fields(registry.SOURCES[name].Config):
         if field.name != "name":
             assert f"`data.{field.name}`" in readme or f"`.{field.name}`" in readme, field.name
 
 
-@pytest.mark.parametrize(("cls", "kwargs", "key"), [
-    (FolderConfig, {}, "data.path"),
-    (FolderConfig, {"path": "x", "on_bad_file": "ignore"}, "data.on_bad_file"),
-    (FolderConfig, {"path": "x", "check": "full"}, "data.check"),
-    (KerasConfig, {"dataset": "imagenet"}, "data.dataset"),
-    (TfdsConfig, {}, "data.dataset"),
-    (SyntheticConfig, {"n_classes": 1}, "data.n_classes"),
-    (NpzConfig, {}, "data.path"),
+@pytest.mark.parametrize(("option", "kwargs", "key"), [
+    ("folder", {}, "data.path"),
+    ("folder", {"path": "x", "on_bad_file": "ignore"}, "data.on_bad_file"),
+    ("folder", {"path": "x", "check": "full"}, "data.check"),
+    ("keras", {"dataset": "imagenet"}, "data.dataset"),
+    ("tfds", {}, "data.dataset"),
+    ("synthetic", {"n_classes": 1}, "data.n_classes"),
+    ("npz", {}, "data.path"),
 ])
-def test_bad_source_configs_are_one_line(cls, kwargs, key):
+def test_bad_source_configs_are_one_line(option, kwargs, key):
     with pytest.raises(TlbenchError, match=key):
-        cls(name="x", **kwargs)
+        data_config(option, **kwargs)
 
 
 def test_digits_and_shapes_fingerprints_and_splits_are_unchanged():
-    """Pinned from main before the new sources: the feature cache keys must not move."""
-    digits = load_digits_images(DigitsConfig(name="digits", classes=[5, 6, 7, 8, 9]))
-    shapes = load_shapes_images(ShapesConfig(name="shapes", images_per_class=20))
+    """Pinned (feature cache format 2): the feature cache keys must not move by accident."""
+    digits = load_digits_images(data_config("digits", classes=[5, 6, 7, 8, 9]))
+    shapes = load_shapes_images(data_config("shapes", images_per_class=20))
     assert digits.fingerprint()[:16] == DIGITS59_FINGERPRINT
     assert shapes.fingerprint()[:16] == SHAPES_FINGERPRINT
-    splits = split_indices(digits, DigitsConfig(name="digits", train_size="5"), 0)
+    splits = split_indices(digits, data_config("digits", train_size="5"), 0)
     assert splits.test[:5].tolist() == [9, 11, 14, 18, 21]
     assert splits.train[:5].tolist() == [31, 46, 128, 173, 176]
 
 
-DIGITS59_FINGERPRINT = "cb74e22eae810452"
-SHAPES_FINGERPRINT = "e908535ea75dc3b6"
+DIGITS59_FINGERPRINT = "40ba03d37fdd0322"
+SHAPES_FINGERPRINT = "748bb24a880b6554"

@@ -13,8 +13,8 @@ import pytest
 
 from tlbench.backbone import BACKBONES, build_base
 from tlbench.config import parse_config
-from tlbench.data import load_source, split_indices
-from tlbench.features import POOLED, cached_rows, frozen_dataset, route
+from tlbench.data import ArrayImages, load_source, split_indices
+from tlbench.features import POOLED, cached_rows, frozen_dataset
 from tlbench.train import configure_runtime, train_logreg
 
 from .conftest import TINY, compose_config
@@ -119,7 +119,7 @@ def test_cache_misses_when_any_key_input_changes(digits, tmp_path):
     assert computed(vgg16(seed=1)) == n  # other weights
     assert computed(base, tap="block4_pool") == n  # other tap
     assert computed(vgg16(seed=0, size=40), size=40) == n  # other input size
-    other = dataclasses.replace(source, images=source.images[::-1].copy())
+    other = dataclasses.replace(source, images=ArrayImages(source.images.pixels[::-1].copy()))
     assert computed(base, data=other) == n  # other images
     assert len(list(tmp_path.glob("vgg16-*px-*-*/done.npy"))) == 5
 
@@ -147,23 +147,16 @@ def test_cached_features_equal_a_fresh_forward(digits, tmp_path):
 
 
 def trained(config, via_cache: bool, cache_dir):
-    """Train one config in-process on images or on cached frozen inputs; result and base."""
-    from tlbench.__main__ import train_on_frozen, train_on_images
-    from tlbench.pretrain import source_checkpoint
+    """Train one config in-process on images (cache off) or on cached frozen inputs, through
+    the strategy object as the CLI does; result and base."""
+    from tlbench import strategy
+    from tlbench.prepare import prepare
 
-    checkpoint = source_checkpoint(config.backbone, config.pretrain, config.trainer)
-    keras.backend.clear_session()
-    configure_runtime(config.trainer, config.seed, None)
-    spec = BACKBONES[config.backbone.name]
-    source = load_source(config.data)
-    splits = split_indices(source, config.data, config.seed)
-    base = build_base(spec, config.backbone.input_size, str(checkpoint.weights_path),
-                      config.backbone.bn_momentum)
-    if not via_cache:
-        return train_on_images(config, spec, base, source, splits), base
-    config = dataclasses.replace(config, cache=dataclasses.replace(config.cache,
-                                                                   dir=str(cache_dir)))
-    return train_on_frozen(config, spec, base, source, splits, route(config)), base
+    cache = dataclasses.replace(config.cache, enabled=via_cache, dir=str(cache_dir))
+    config = dataclasses.replace(config, cache=cache)
+    adapt = strategy.for_run(config)
+    prepared = prepare(config, config.backbone.weights, None)
+    return adapt.train(prepared), prepared.base
 
 
 @pytest.mark.parametrize("strategy", ["feature_extraction", "partial_finetune"])
@@ -174,7 +167,11 @@ def test_training_on_cached_inputs_matches_training_on_images(tiny_config, tmp_p
     config = tiny_config("backbone.weights=source:digits04", f"strategy={strategy}",
                          "data.train_size=20", "trainer.epochs=3", "trainer.lr=0.01",
                          "pretrain.epochs=8", "pretrain.min_val_accuracy=0.5")
-    assert route(config).inputs == ("features" if strategy == "feature_extraction" else "cut")
+    from tlbench import registry
+    from tlbench.strategy import for_run
+
+    route = for_run(config).route(config, registry.BACKBONES[config.backbone.name])
+    assert route.inputs == ("features" if strategy == "feature_extraction" else "cut")
     on_images, base_images = trained(config, False, tmp_path)
     on_cache, base_cache = trained(config, True, tmp_path)
     assert on_images.metrics["test_accuracy"] > 0.35  # chance is 0.2

@@ -13,26 +13,28 @@ import numpy as np
 import pytest
 
 from tlbench.backbone import BACKBONES, build_base, sha256_of
-from tlbench.config import SOURCES, BackboneConfig, PretrainConfig, TrainerConfig, parse_config
+from tlbench.config import BackboneConfig, PretrainConfig, TrainerConfig, group_config, parse_config
 from tlbench.errors import TlbenchError
 from tlbench.pretrain import (
     HEAD_FILE,
     checkpoint_dir,
     ensure_checkpoint,
     source_checkpoint,
+    source_data,
     source_head,
 )
 
 from .conftest import compose_config
 
-BACKBONE = BackboneConfig(name="mobilenetv2", weights="source:digits04", input_size=32)
-TRAINER = TrainerConfig()
+BACKBONE = group_config("backbone", "mobilenetv2", BackboneConfig, weights="source:digits04",
+                        input_size=32)
+TRAINER = group_config("trainer", "default", TrainerConfig)
 
 
 def tiny(cache_dir, **changes) -> PretrainConfig:
     """One epoch, no accuracy floor: fast checkpoints for mechanics tests."""
-    return PretrainConfig(**{"epochs": 1, "min_val_accuracy": 0.0, "cache_dir": str(cache_dir)}
-                          | changes)
+    return group_config("pretrain", "default", PretrainConfig, **{
+        "epochs": 1, "min_val_accuracy": 0.0, "cache_dir": str(cache_dir)} | changes)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,7 @@ def test_saved_head_is_the_source_classifier(trained):
     spec = BACKBONES["mobilenetv2"]
     base = build_base(spec, 32, str(checkpoint.weights_path), 0.9)
     source = preprocessed(spec, load_dataset(
-        dataclasses.replace(SOURCES["digits04"], train_size="all"), 32, 0))
+        dataclasses.replace(source_data("digits04"), train_size="all"), 32, 0))
     pooled = extractor(base, spec, "pooled").predict(source.x_val, verbose=0)
     head = source_head(checkpoint, pooled.shape[1])
     probs = head.predict(pooled, verbose=0)
@@ -107,9 +109,10 @@ def test_key_covers_settings_but_not_the_cache_location(tmp_path):
 
 def test_cache_dir_defaults_to_env_then_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path))
-    assert checkpoint_dir(BACKBONE, "digits04", PretrainConfig()).parent == tmp_path
+    defaults = group_config("pretrain", "default", PretrainConfig)
+    assert checkpoint_dir(BACKBONE, "digits04", defaults).parent == tmp_path / "pretrained"
     monkeypatch.delenv("TLBENCH_CACHE")
-    assert str(checkpoint_dir(BACKBONE, "digits04", PretrainConfig()).parent).endswith(
+    assert str(checkpoint_dir(BACKBONE, "digits04", defaults).parent).endswith(
         os.path.join(".cache", "tlbench", "pretrained"))
 
 
@@ -123,17 +126,20 @@ def test_checkpoint_below_the_accuracy_floor_is_refused(trained):
 
 def test_unknown_source_is_refused():
     with pytest.raises(TlbenchError, match="source:<name> with a name among digits04, shapes"):
-        BackboneConfig(name="vgg16", weights="source:imagenet21k")
+        group_config("backbone", "vgg16", BackboneConfig, weights="source:imagenet21k",
+                     input_size=32)
 
 
 CONCURRENT = """
     import logging, sys
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from tlbench.config import SOURCES, BackboneConfig, PretrainConfig, TrainerConfig, parse_config
+    from tlbench.config import BackboneConfig, PretrainConfig, TrainerConfig, group_config
     from tlbench.pretrain import ensure_checkpoint
     checkpoint = ensure_checkpoint(
-        BackboneConfig(name="mobilenetv2", input_size=32), "digits04",
-        PretrainConfig(epochs=1, seed=7, cache_dir=sys.argv[1]), TrainerConfig())
+        group_config("backbone", "mobilenetv2", BackboneConfig, input_size=32), "digits04",
+        group_config("pretrain", "default", PretrainConfig, epochs=1, seed=7,
+                     cache_dir=sys.argv[1]),
+        group_config("trainer", "default", TrainerConfig))
     print("cache_hit", checkpoint.cache_hit, checkpoint.manifest["weights_sha256"])
 """
 

@@ -68,10 +68,11 @@ def test_partial_finetune_trains_only_top_stage_weights(tiny_config):
 
 
 def test_augmentation_runs_before_the_base_and_turns_the_caches_off(tiny_config):
-    from tlbench.features import route
+    from tlbench import registry, strategy
 
     config = tiny_config("backbone=vgg16", "strategy=partial_finetune", "trainer.augment=true")
-    assert route(config).inputs == "images" and "trainer.augment=true" in route(config).reason
+    route = strategy.for_run(config).route(config, registry.BACKBONES["vgg16"])
+    assert route.inputs == "images" and "trainer.augment=true" in route.reason
     dataset, plan = build_run(config)
     augment = plan.model.get_layer("augmentation")
     x = dataset.x_test[:4]

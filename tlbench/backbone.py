@@ -10,15 +10,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import os
 import re
 import socket
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from tlbench import registry
 from tlbench.errors import TlbenchError
+from tlbench.paths import keras_home
 
 if TYPE_CHECKING:
     from tlbench.data import Dataset
@@ -26,18 +30,27 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Everything needed to build, feed and partially unfreeze one keras.applications network."""
+    """A registered backbone: how to build, feed and partially unfreeze it, and what it can do.
+
+    `build(input_shape, weights)` makes the headless network (weights None: random; "imagenet":
+    through Keras' cache); `preprocess(images)` maps
+    RGB in [0, 255] to what it was trained on. Capabilities: `has_weights` (pretrained weights can
+    be loaded and its BatchNorm tuned), `trainable` (it has layers a strategy can train),
+    `features` ("pooled": global average of the last feature map; "flat": the output flattened).
+    """
 
     name: str
-    application: str
-    module: str | None
+    build: Callable[..., Any]
+    preprocess: Callable[[np.ndarray], np.ndarray]
     preprocessed_range: tuple[float, float]
     default_input_size: int
     min_input_size: int
     stages: tuple[str, ...]
-    imagenet_template: str
+    imagenet_template: str = ""
     imagenet_sizes: tuple[int, ...] = ()
-    features: str = "pooled"  # what the frozen base gives a head: "pooled" (GAP) or "flat" pixels
+    features: str = "pooled"
+    has_weights: bool = True
+    trainable: bool = True
 
     def imagenet_file(self, input_size: int) -> str:
         """The headless ImageNet file Keras caches in $KERAS_HOME/models for this input size."""
@@ -52,90 +65,119 @@ class BackboneSpec:
         return None
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec(
-            name="resnet50",
-            application="ResNet50",
-            module="resnet50",
-            preprocessed_range=(-123.68, 151.061),
-            default_input_size=224,
-            min_input_size=32,
-            stages=(r"conv1_|pool1_", r"conv2_", r"conv3_", r"conv4_", r"conv5_"),
-            imagenet_template="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        ),
-        BackboneSpec(
-            name="mobilenetv2",
-            application="MobileNetV2",
-            module="mobilenet_v2",
-            preprocessed_range=(-1.0, 1.0),
-            default_input_size=224,
-            min_input_size=32,
-            stages=(
-                r"Conv1|bn_Conv1|Conv1_relu|expanded_conv_",
-                r"block_[12]_",
-                r"block_[345]_",
-                r"block_([6-9]|1[0-2])_",
-                r"block_1[3-6]_|Conv_1|out_relu",
-            ),
-            # Keras picks the file by rows; other sizes load the 224 weights (with a warning).
-            imagenet_template="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
-            imagenet_sizes=(96, 128, 160, 192, 224),
-        ),
-        BackboneSpec(
-            name="efficientnetb0",
-            application="EfficientNetB0",
-            module="efficientnet",
-            preprocessed_range=(0.0, 255.0),
-            default_input_size=224,
-            min_input_size=32,
-            stages=(
-                r"rescaling|normalization|stem_|block1",
-                r"block2",
-                r"block3",
-                r"block[45]",
-                r"block[67]|top_",
-            ),
-            imagenet_template="efficientnetb0_notop.h5",
-        ),
-        BackboneSpec(
-            name="vgg16",
-            application="VGG16",
-            module="vgg16",
-            preprocessed_range=(-123.68, 151.061),
-            default_input_size=224,
-            min_input_size=32,
-            stages=(r"block1_", r"block2_", r"block3_", r"block4_", r"block5_"),
-            imagenet_template="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        ),
-        BackboneSpec(
-            name="pixels",
-            application="pixels",
-            module=None,
-            preprocessed_range=(0.0, 1.0),
-            default_input_size=32,
-            min_input_size=8,
-            stages=(),
-            imagenet_template="",
-            features="flat",
-        ),
-    )
-}
-"""`pixels` is the no-transfer floor: its features are the resized pixels scaled to [0, 1]."""
+def application(constructor: str) -> Callable[..., Any]:
+    """A builder for a headless keras.applications network (random or ImageNet weights)."""
+    def build(input_shape: tuple[int, int, int], weights: str | None = None):
+        import keras
 
-NETWORKS = {name: spec for name, spec in BACKBONES.items() if spec.module is not None}
-"""The keras.applications backbones: the ones with weights, stages and ImageNet files."""
+        return getattr(keras.applications, constructor)(include_top=False, weights=weights,
+                                                        input_shape=input_shape)
+
+    return build
+
+
+def preprocess_input(module: str) -> Callable[[np.ndarray], np.ndarray]:
+    """keras.applications.<module>.preprocess_input, applied to a copy of the images."""
+    def preprocess(images: np.ndarray) -> np.ndarray:
+        import keras
+
+        return getattr(keras.applications, module).preprocess_input(images.copy())
+
+    return preprocess
+
+
+def unchanged(images: np.ndarray) -> np.ndarray:
+    """No preprocessing: the network takes [0, 255] RGB itself."""
+    return images
+
+
+def pixels_model(input_shape: tuple[int, int, int], weights: None = None):
+    """The identity "backbone": pixels rescaled from [0, 255] to [0, 1], no weights."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape)
+    return keras.Model(inputs, keras.layers.Rescaling(1 / 255)(inputs), name="pixels")
+
+
+for _spec in (
+    BackboneSpec(
+        name="resnet50",
+        build=application("ResNet50"),
+        preprocess=preprocess_input("resnet50"),
+        preprocessed_range=(-123.68, 151.061),
+        default_input_size=224,
+        min_input_size=32,
+        stages=(r"conv1_|pool1_", r"conv2_", r"conv3_", r"conv4_", r"conv5_"),
+        imagenet_template="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    BackboneSpec(
+        name="mobilenetv2",
+        build=application("MobileNetV2"),
+        preprocess=preprocess_input("mobilenet_v2"),
+        preprocessed_range=(-1.0, 1.0),
+        default_input_size=224,
+        min_input_size=32,
+        stages=(
+            r"Conv1|bn_Conv1|Conv1_relu|expanded_conv_",
+            r"block_[12]_",
+            r"block_[345]_",
+            r"block_([6-9]|1[0-2])_",
+            r"block_1[3-6]_|Conv_1|out_relu",
+        ),
+        # Keras picks the file by rows; other sizes load the 224 weights (with a warning).
+        imagenet_template="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
+        imagenet_sizes=(96, 128, 160, 192, 224),
+    ),
+    BackboneSpec(
+        name="efficientnetb0",
+        build=application("EfficientNetB0"),
+        preprocess=preprocess_input("efficientnet"),
+        preprocessed_range=(0.0, 255.0),
+        default_input_size=224,
+        min_input_size=32,
+        stages=(
+            r"rescaling|normalization|stem_|block1",
+            r"block2",
+            r"block3",
+            r"block[45]",
+            r"block[67]|top_",
+        ),
+        imagenet_template="efficientnetb0_notop.h5",
+    ),
+    BackboneSpec(
+        name="vgg16",
+        build=application("VGG16"),
+        preprocess=preprocess_input("vgg16"),
+        preprocessed_range=(-123.68, 151.061),
+        default_input_size=224,
+        min_input_size=32,
+        stages=(r"block1_", r"block2_", r"block3_", r"block4_", r"block5_"),
+        imagenet_template="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    # The no-transfer floor: its features are the resized pixels scaled to [0, 1].
+    BackboneSpec(
+        name="pixels",
+        build=pixels_model,
+        preprocess=unchanged,
+        preprocessed_range=(0.0, 1.0),
+        default_input_size=32,
+        min_input_size=8,
+        stages=(),
+        features="flat",
+        has_weights=False,
+        trainable=False,
+    ),
+):
+    registry.BACKBONES.register(_spec.name, _spec)
+
+BACKBONES = registry.BACKBONES
+NETWORKS = {name: spec for name, spec in BACKBONES.items() if spec.has_weights}
+"""The backbones with pretrained weights, stages and ImageNet files."""
 
 
 def preprocess(spec: BackboneSpec, images):
     """Map RGB images in [0, 255] to the range the backbone was trained on (preprocess_input)."""
-    import keras
-
-    if spec.module is None:
-        return images
-    module = getattr(keras.applications, spec.module)
-    return module.preprocess_input(images.copy())
+    return spec.preprocess(images)
 
 
 def weights_kind(weights: str | None) -> str:
@@ -148,15 +190,8 @@ def weights_kind(weights: str | None) -> str:
 
 
 def keras_models_dir() -> Path:
-    """Where Keras' get_file caches application weights, resolved exactly as Keras does."""
-    home = os.environ.get("KERAS_HOME")
-    if home is None:
-        base = os.path.expanduser("~")
-        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
-    home = os.path.expanduser(home)
-    if not os.access(home, os.W_OK):
-        home = os.path.join("/tmp", ".keras")
-    return Path(home) / "models"
+    """Where Keras' get_file caches application weights: $KERAS_HOME/models."""
+    return keras_home() / "models"
 
 
 def imagenet_path(spec: BackboneSpec, input_size: int) -> Path:
@@ -182,28 +217,16 @@ def weights_sha256(spec: BackboneSpec, input_size: int, weights: str | None) -> 
 
 def build_base(spec: BackboneSpec, input_size: int, weights: str | None, bn_momentum: float | None):
     """Build the headless network with its weights; BatchNorm momentum overridden if asked."""
-    import keras
-
-    constructor = pixels_model if spec.name == "pixels" else getattr(keras.applications,
-                                                                      spec.application)
     shape = (input_size, input_size, 3)
     if weights == "imagenet":
-        model = _build_imagenet(spec, constructor, shape)
+        model = _build_imagenet(spec, shape)
     else:
-        model = constructor(include_top=False, weights=None, input_shape=shape)
+        model = spec.build(shape)
         if weights is not None:
             _load_weights_file(model, Path(weights), spec)
     if bn_momentum is not None:
         set_bn_momentum(model, bn_momentum)
     return model
-
-
-def pixels_model(include_top: bool, weights: None, input_shape: tuple[int, int, int]):
-    """The identity "backbone": pixels rescaled from [0, 255] to [0, 1], no weights."""
-    import keras
-
-    inputs = keras.Input(shape=input_shape)
-    return keras.Model(inputs, keras.layers.Rescaling(1 / 255)(inputs), name="pixels")
 
 
 DOWNLOAD_TIMEOUT_SECONDS = 30
@@ -220,13 +243,13 @@ def _socket_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
-def _build_imagenet(spec: BackboneSpec, constructor, shape):
+def _build_imagenet(spec: BackboneSpec, shape):
     """Let Keras load ImageNet weights from its cache or download them; one line when it cannot."""
     path = imagenet_path(spec, shape[0])
     cached = path.is_file()
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
-            return constructor(include_top=False, weights="imagenet", input_shape=shape)
+            return spec.build(shape, weights="imagenet")
     except Exception as exc:
         if "URL fetch failure" not in str(exc) and not isinstance(exc, TimeoutError):
             raise

@@ -1,13 +1,32 @@
-"""The one error type users see: a single actionable line, no traceback."""
+"""The one error type users see, and the one-line checks that raise it (no Hydra import here)."""
 
-from hydra.errors import CompactHydraException
+from __future__ import annotations
+
+from collections.abc import Iterable
 
 
-class TlbenchError(CompactHydraException):
-    """A user-facing error; Hydra prints only its message and exits non-zero."""
+class TlbenchError(Exception):
+    """A user-facing error: one actionable line; the entry points print it and exit non-zero."""
 
 
 def last_line(exc: BaseException) -> str:
     """The exception's last message line (its type name when the message is empty)."""
     lines = str(exc).strip().splitlines()
     return lines[-1] if lines else type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message with its whitespace (newlines, tabs) collapsed."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check(ok: bool, key: str, value: object, expected: str) -> None:
+    """Raise a one-line error naming the key, the bad value and what is valid."""
+    if not ok:
+        raise TlbenchError(f"{key}={value!r} is invalid: expected {expected}.")
+
+
+def check_choice(key: str, value: object, choices: Iterable[str]) -> None:
+    """Raise unless value is one of choices, listing them."""
+    choices = sorted(choices)
+    check(value in choices, key, value, "one of " + ", ".join(choices))

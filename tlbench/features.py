@@ -25,55 +25,22 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from tlbench.backbone import BACKBONES, BackboneSpec, preprocess
-from tlbench.config import CacheConfig, RunConfig
+from tlbench import paths
+from tlbench.backbone import BackboneSpec, preprocess
+from tlbench.config import CacheConfig
 from tlbench.data import Dataset, LabelledImages, Splits, resize
 
 log = logging.getLogger("tlbench")
 
-FORMAT = 1  # bump when what a row holds changes, so old entries are not reused
+FORMAT = 2  # bump when what a row holds changes, so old entries are not reused
 POOLED = "pooled"
 CHUNK = 256  # images resized, preprocessed and forwarded together
 FILL_BYTES = 1 << 30  # a whole-source fill never writes more than this (e.g. large cut activations)
 
 
-@dataclass(frozen=True)
-class Route:
-    """How a run feeds its trainable part: `images` (the whole model), `features` or `cut`."""
-
-    inputs: str
-    reason: str
-
-
-def route(config: RunConfig) -> Route:
-    """Train on cached frozen outputs when the bottom of the network is frozen and fixed."""
-    name, head = config.strategy.name, config.strategy.head.name
-    if config.backbone.name == "pixels" or head == "logreg":
-        return Route("features", "frozen features (required by backbone=pixels / head=logreg)")
-    if name not in ("feature_extraction", "partial_finetune"):
-        return Route("images", f"{name} trains the whole network")
-    if not config.cache.enabled:
-        return Route("images", "cache.enabled=false: frozen base run every epoch")
-    if config.trainer.augment:
-        return Route("images", "trainer.augment=true: frozen outputs change every epoch, "
-                               "no cache (full path)")
-    if name == "partial_finetune" and config.strategy.unfreeze_blocks is None:
-        return Route("images", "unfreeze_fraction may cut inside a block: no cached cut")
-    if name == "partial_finetune" and config.strategy.unfreeze_blocks == len(
-            BACKBONES[config.backbone.name].stages):
-        return Route("images", "every stage is unfrozen: nothing frozen to cache")
-    return Route("features" if name == "feature_extraction" else "cut",
-                 "frozen outputs cached and reused")
-
-
 def cache_root(cfg: CacheConfig) -> Path | None:
     """cache.dir, else $TLBENCH_CACHE/features, else ~/.cache/tlbench/features; None if off."""
-    if not cfg.enabled:
-        return None
-    if cfg.dir:
-        return Path(cfg.dir).expanduser()
-    parent = os.environ.get("TLBENCH_CACHE") or "~/.cache/tlbench"
-    return Path(parent).expanduser() / "features"
+    return paths.cache_dir("features", cfg.dir) if cfg.enabled else None
 
 
 def weights_digest(model) -> str:
@@ -89,7 +56,7 @@ def entry_key(spec: BackboneSpec, weights: str, source: str, input_size: int, ta
     """Everything that determines a cached row."""
     return {"format": FORMAT, "backbone": spec.name, "weights_sha256": weights,
             "data_fingerprint": source, "input_size": input_size,
-            "preprocess": [spec.module, list(spec.preprocessed_range)], "tap": tap}
+            "preprocess": list(spec.preprocessed_range), "tap": tap}
 
 
 def entry_dir(root: Path, key: dict) -> Path:

@@ -22,21 +22,23 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from tlbench import __version__
+from tlbench import __version__, paths, registry
 from tlbench.backbone import BACKBONES, BackboneSpec, build_base, preprocessed, sha256_of
 from tlbench.config import (
     SOURCE_PREFIX,
-    SOURCES,
     BackboneConfig,
+    DataConfig,
     DenseHeadConfig,
     PretrainConfig,
     TrainerConfig,
+    group_config,
 )
 from tlbench.errors import TlbenchError
 
 log = logging.getLogger("tlbench")
 
-RECIPE = 2  # bump when the training recipe or the files change, so old checkpoints are not reused
+RECIPE = 3  # bump when the training recipe or the files change, so old checkpoints are not reused
+# Recipe 3: trained through the run trainer (tf.data input, seeded shuffling), not a fit of its own.
 WEIGHTS_FILE = "base.weights.h5"
 HEAD_FILE = "head.weights.h5"  # recipe 2: the source classifier on pooled features
 MANIFEST_FILE = "manifest.json"
@@ -52,10 +54,21 @@ class Checkpoint:
     cache_hit: bool
 
 
+registry.PRETRAIN_SOURCES.register("digits04", ("digits", {"classes": [0, 1, 2, 3, 4]}))
+registry.PRETRAIN_SOURCES.register("shapes", ("shapes", {"images_per_class": 200}))
+"""Sources for backbone.weights=source:<name>, as a data option and its overrides: a near source
+(digits 0-4, no class or image shared with the digits59 target) and a far one."""
+
+
+def source_data(source: str) -> DataConfig:
+    """The data config a pretraining source names."""
+    option, overrides = registry.PRETRAIN_SOURCES[source]
+    return group_config("data", option, registry.SOURCES[option].Config, **overrides)
+
+
 def cache_root(cfg: PretrainConfig) -> Path:
-    """pretrain.cache_dir, else $TLBENCH_CACHE, else ~/.cache/tlbench/pretrained."""
-    root = cfg.cache_dir or os.environ.get("TLBENCH_CACHE") or "~/.cache/tlbench/pretrained"
-    return Path(root).expanduser()
+    """pretrain.cache_dir, else $TLBENCH_CACHE/pretrained, else ~/.cache/tlbench/pretrained."""
+    return paths.cache_dir("pretrained", cfg.cache_dir)
 
 
 def checkpoint_key(backbone: BackboneConfig, source: str, cfg: PretrainConfig) -> dict:
@@ -68,7 +81,7 @@ def checkpoint_key(backbone: BackboneConfig, source: str, cfg: PretrainConfig) -
         "input_size": backbone.input_size,
         "bn_momentum": backbone.bn_momentum,
         "source": source,
-        "source_data": dataclasses.asdict(SOURCES[source]),
+        "source_data": dataclasses.asdict(source_data(source)),
         "pretrain": settings,
         "recipe": RECIPE,
     }
@@ -153,32 +166,31 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     validation split.
     """
     import keras
-    import numpy as np
-    import tensorflow as tf
 
+    from tlbench import train
     from tlbench.data import load_dataset
-    from tlbench.strategy import head_layers, with_head
-    from tlbench.train import configure_runtime
+    from tlbench.plan import Phase, Plan
+    from tlbench.strategy.base import head_layers, unfreeze_all, with_head
 
     keras.backend.clear_session()
-    configure_runtime(trainer, cfg.seed, trainer.threads)
-    data_cfg = dataclasses.replace(SOURCES[source], train_size="all",
+    train.configure_runtime(trainer, cfg.seed, threads=None)  # threads: fixed by the caller
+    data_cfg = dataclasses.replace(source_data(source), train_size="all",
                                    input_size=backbone.input_size)
     data = preprocessed(spec, load_dataset(data_cfg, backbone.input_size, cfg.seed))
     base = build_base(spec, backbone.input_size, None, backbone.bn_momentum)
-    head = head_layers(data.n_classes, DenseHeadConfig())
-    model = with_head(base, data.n_classes, DenseHeadConfig(), base_training=None, classifier=head)
+    head_cfg = group_config("head", "dense", DenseHeadConfig)
+    head = head_layers(data.n_classes, head_cfg)
+    model = with_head(base, data.n_classes, head_cfg, base_training=None, classifier=head)
     steps = cfg.epochs * -(-len(data.y_train) // cfg.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=steps)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
-                        epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
-                        verbose=trainer.verbose)
+    settings = dataclasses.replace(trainer, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                   lr=cfg.lr, optimizer="adam", patience=None)
+    plan = Plan(model, [Phase("pretrain", cfg.epochs, schedule, unfreeze_all(base))])
+    _, history = train.fit(plan, {"images": data}, settings, cfg.seed)
+    predict = train.keras_classes(model, cfg.batch_size)
 
     def accuracy(x, y) -> float:
-        predicted = np.argmax(model.predict(x, batch_size=cfg.batch_size, verbose=0), axis=1)
-        return float(np.mean(predicted == y))
+        return float((predict(x) == y).mean())
 
     return base, head, {
         "backbone": spec.name,
@@ -195,10 +207,10 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
         "n_val": len(data.y_val),
         "source_train_accuracy": accuracy(data.x_train, data.y_train),
         "source_val_accuracy": accuracy(data.x_val, data.y_val),
-        "final_train_loss": float(history.history["loss"][-1]),
+        "final_train_loss": history[-1]["loss"],
         "tlbench_version": __version__,
         "keras_version": keras.__version__,
-        "tensorflow_version": tf.__version__,
+        "keras_backend": keras.backend.backend(),
     }
 
 
@@ -207,12 +219,13 @@ def source_head(checkpoint: Checkpoint, n_features: int):
     feature cache stores them) to source-class probabilities; None for a checkpoint without one."""
     import keras
 
-    from tlbench.strategy import head_layers
+    from tlbench.strategy.base import head_layers
 
     path = checkpoint.weights_path.parent / HEAD_FILE
     if not path.is_file():
         return None
-    classifier = head_layers(len(checkpoint.manifest["classes"]), DenseHeadConfig())
+    classifier = head_layers(len(checkpoint.manifest["classes"]),
+                             group_config("head", "dense", DenseHeadConfig))
     head = keras.Sequential([keras.Input(shape=(n_features,)), classifier])
     classifier.load_weights(path)
     return head

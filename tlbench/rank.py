@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tlbench.config import RunConfig, parse_config  # noqa: E402
-from tlbench.errors import TlbenchError, last_line  # noqa: E402
+from tlbench.errors import TlbenchError, last_line, one_line  # noqa: E402
+from tlbench.scores import SCORES_VERSION  # noqa: E402
 
 log = logging.getLogger("tlbench")
 
@@ -89,11 +90,6 @@ def expand(overrides: list[str]) -> list[list[str]]:
     return [list(combination) for combination in itertools.product(*axes)]
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception's message with its whitespace (newlines, tabs) collapsed."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def compose_candidates(overrides: list[str]) -> list[Candidate]:
     """Compose and validate the normal tlbench config of every combination, before any work."""
     from hydra import compose, initialize_config_module
@@ -136,58 +132,42 @@ def run_name(config: RunConfig) -> str:
 
 def score_candidate(candidate: Candidate, uri: str, tags: dict[str, str]) -> None:
     """Features from the cache, scores, one MLflow run; fills the candidate's results."""
-    import keras
     from mlflow.tracking import MlflowClient
     from threadpoolctl import threadpool_limits
 
-    from tlbench import backbone, data, features, pretrain, scores, track, train
+    from tlbench import backbone, features, prepare, scores, track
 
     config = candidate.config
-    spec = backbone.BACKBONES[config.backbone.name]
-    weights = config.backbone.weights
-    kind = backbone.weights_kind(weights)
-    tags = tags | {KIND_TAG: KIND, "weights.kind": kind,
+    kind = backbone.weights_kind(config.backbone.weights)
+    tags = tags | {KIND_TAG: KIND, "weights.kind": kind, "scores.version": str(SCORES_VERSION),
                    "command": " ".join(["python -m tlbench.rank", *candidate.overrides])}
     with track.tracked_run(config, uri, tags, values=score_identity(config),
                            run_name=run_name(config)) as run_id:
-        checkpoint = None
-        if kind == "source":
-            checkpoint = pretrain.source_checkpoint(config.backbone, config.pretrain,
-                                                    config.trainer)
-            weights = str(checkpoint.weights_path)
-        start = time.perf_counter()
-        keras.backend.clear_session()
-        train.configure_runtime(config.trainer, config.seed, config.trainer.threads)
-        source = data.load_source(config.data)
-        splits = data.split_indices(source, config.data, config.seed)
-        track.set_tags(uri, run_id, {"class_names": ", ".join(source.class_names)[:5000]})
-        base = backbone.build_base(spec, config.backbone.input_size, weights,
-                                   config.backbone.bn_momentum)
-        setup_seconds = time.perf_counter() - start
-        frozen = features.frozen_dataset(base, spec, source, splits, config.backbone.input_size,
+        prepared = prepare.prepare(config, config.backbone.weights, config.trainer.threads)
+        track.log_prepared(uri, run_id, prepared)
+        frozen = features.frozen_dataset(prepared.base, prepared.entry, prepared.source,
+                                         prepared.splits, config.backbone.input_size,
                                          features.POOLED, features.cache_root(config.cache),
                                          config.trainer.batch_size)
         x, y = frozen.data.x_train, frozen.data.y_train
         start = time.perf_counter()
-        head, candidate.skipped = source_classifier(config, checkpoint, x.shape[1])
+        head, candidate.skipped = source_classifier(config, prepared.checkpoint, x.shape[1])
         probs = None if head is None else head.predict(x, batch_size=1024, verbose=0)
         with threadpool_limits(limits=1, user_api="blas"):  # small matrices: 1 thread is fastest
             candidate.scores = scores.transferability(y, features=x, source_probs=probs)
         score_seconds = time.perf_counter() - start
         candidate.computed = frozen.computed
-        candidate.seconds = {"setup": setup_seconds, "features": frozen.seconds,
+        candidate.seconds = {"setup": prepared.setup_seconds, "features": frozen.seconds,
                              "score": score_seconds}
         track.log_result(uri, run_id, candidate.scores | {
             "feature_seconds": frozen.seconds, "feature_wait_seconds": frozen.waited,
-            "score_seconds": score_seconds, "setup_seconds": setup_seconds,
+            "score_seconds": score_seconds, "setup_seconds": prepared.setup_seconds,
             "frozen_rows_computed": frozen.computed,
             "cache_hit": float(features.cache_root(config.cache) is not None
                                and frozen.computed == 0),
-            "n_train": len(y), "n_classes": len(source.class_names), "n_features": x.shape[1],
+            "n_train": len(y), "n_classes": len(prepared.source.class_names),
+            "n_features": x.shape[1],
         }, [], {"config.yaml": config_yaml(config)})
-        sha256 = checkpoint.manifest["weights_sha256"] if checkpoint else \
-            backbone.weights_sha256(spec, config.backbone.input_size, weights)
-        track.log_weights(uri, run_id, sha256, checkpoint)
         if candidate.skipped:
             MlflowClient(uri).set_tag(run_id, "scores.skipped", candidate.skipped)
 

@@ -30,6 +30,7 @@ from tlbench.config import RunConfig
 from tlbench.errors import TlbenchError, last_line
 
 if TYPE_CHECKING:
+    from tlbench.prepare import Prepared
     from tlbench.pretrain import Checkpoint
 
 HTTP_CHECK_SECONDS = 5
@@ -244,6 +245,12 @@ def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
     """Tags known only once the run has started (e.g. the source's class names)."""
     entries = [mlflow.entities.RunTag(key, value) for key, value in tags.items()]
     MlflowClient(uri).log_batch(run_id, tags=entries)
+
+
+def log_prepared(uri: str, run_id: str, prepared: Prepared) -> None:
+    """What the prepare stage found: the class names, the initial weights and their source."""
+    set_tags(uri, run_id, {"class_names": ", ".join(prepared.source.class_names)[:5000]})
+    log_weights(uri, run_id, prepared.weights_sha256, prepared.checkpoint)
 
 
 def log_weights(uri: str, run_id: str, sha256: str | None, checkpoint: Checkpoint | None) -> None:

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from tlbench.config import LogregHeadConfig, TrainerConfig
 from tlbench.data import Dataset
-from tlbench.strategy import Plan
+from tlbench.plan import Plan
 
 
 def configure_runtime(trainer: TrainerConfig, seed: int, threads: int | None) -> None:
@@ -87,11 +87,18 @@ class RunResult:
     summary: str = ""
 
 
-def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
-    """A fresh optimizer of the configured kind."""
+def make_optimizer(name: str, lr) -> keras.optimizers.Optimizer:
+    """A fresh optimizer of the configured kind; lr is a float or a learning-rate schedule."""
     classes = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
                "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
     return classes[name](learning_rate=lr)
+
+
+def model_summary(model: keras.Model) -> str:
+    """Keras' layer summary of the model as plain text."""
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    return "\n".join(lines) + "\n"
 
 
 def count_params(model: keras.Model) -> dict[str, float]:

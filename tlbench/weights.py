@@ -11,9 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
+from tlbench import paths
 from tlbench.backbone import NETWORKS, keras_models_dir
-from tlbench.config import PretrainConfig
-from tlbench.pretrain import MANIFEST_FILE, cache_root
+from tlbench.pretrain import MANIFEST_FILE
 
 
 def imagenet_rows(input_size: int) -> list[tuple[str, str, str]]:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ImageNet weights (backbone.weights=imagenet) in {models}:")
     for name, file_name, status in imagenet_rows(args.input_size):
         print(f"  {name:<15} {status:<20} {models / file_name}")
-    root = cache_root(PretrainConfig(cache_dir=args.cache_dir))
+    root = paths.cache_dir("pretrained", args.cache_dir)
     print(f"Source checkpoints (backbone.weights=source:<name>) in {root}:")
     for name, summary in source_rows(root) or [("(none yet)", "")]:
         print(f"  {name:<45} {summary}")

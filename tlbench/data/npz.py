@@ -1,0 +1,97 @@
+"""Your arrays: x_train, y_train, x_test, y_test (and optional class_names) in one .npz."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlbench.config import DataConfig
+from tlbench.data.source import (
+    ArrayImages,
+    LabelledImages,
+    note_upscaling,
+    register,
+    short_reason,
+    source_size,
+)
+from tlbench.errors import TlbenchError, check
+
+log = logging.getLogger("tlbench")
+
+
+@dataclass(kw_only=True)
+class NpzConfig(DataConfig):
+    """Arrays x_train, y_train, x_test, y_test (and optional class_names) in one .npz file."""
+
+    path: str | None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(bool(self.path), "data.path", self.path, "the .npz file to read")
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _rgb_uint8(x: np.ndarray, key: str, path: str) -> np.ndarray:
+    """(N, H, W), (N, H, W, 1|3|4) pixels in [0, 255] as uint8 grey or RGB (alpha dropped)."""
+    if x.ndim == 4 and x.shape[-1] in (1, 3, 4):
+        x = x[..., 0] if x.shape[-1] == 1 else x[..., :3]
+    elif x.ndim != 3:
+        raise TlbenchError(f"data.path={path}: {key} has shape {x.shape}; expected (N, H, W) or "
+                           "(N, H, W, C) with C 1, 3 or 4.")
+    if np.issubdtype(x.dtype, np.floating) and x.size and float(x.max()) <= 1.0:
+        log.warning("data npz: %s looks scaled to [0, 1]; tlbench expects pixels in [0, 255]",
+                    key)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def load_npz_images(cfg: NpzConfig) -> LabelledImages:
+    """x_train, y_train, x_test, y_test (optional class_names) from one .npz; test split kept."""
+    path = Path(cfg.path).expanduser()
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise TlbenchError(f"data.path={cfg.path!r}: cannot read it as an .npz file "
+                           f"({short_reason(exc)}); save one with np.savez(path, x_train=..., "
+                           "y_train=..., x_test=..., y_test=...).") from None
+    with archive:
+        missing = [key for key in NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise TlbenchError(f"data.path={cfg.path}: missing arrays {', '.join(missing)} (it "
+                               f"has {', '.join(archive.files) or 'none'}); it needs "
+                               f"{', '.join(NPZ_KEYS)}.")
+        arrays = {key: archive[key] for key in NPZ_KEYS}
+        names = archive["class_names"] if "class_names" in archive.files else None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"].reshape(-1)
+        if len(x) != len(y):
+            raise TlbenchError(f"data.path={cfg.path}: x_{split} has {len(x)} images but "
+                               f"y_{split} has {len(y)} labels; they must match.")
+    x_train = _rgb_uint8(arrays["x_train"], "x_train", cfg.path)
+    x_test = _rgb_uint8(arrays["x_test"], "x_test", cfg.path)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise TlbenchError(f"data.path={cfg.path}: x_train images are {x_train.shape[1:]} but "
+                           f"x_test images are {x_test.shape[1:]}; use one image shape.")
+    labels = np.concatenate([arrays["y_train"].reshape(-1), arrays["y_test"].reshape(-1)])
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise TlbenchError(f"data.path={cfg.path}: y_train/y_test must be integer class indices "
+                           f"0..k-1 (got {labels.dtype}, min {labels.min()}).")
+    n_classes = int(labels.max()) + 1
+    if names is not None and len(names) != n_classes:
+        raise TlbenchError(f"data.path={cfg.path}: class_names has {len(names)} names but the "
+                           f"labels go up to {n_classes - 1}; give one name per class.")
+    class_names = tuple(str(n) for n in names) if names is not None else \
+        tuple(str(c) for c in range(n_classes))
+    size = source_size(cfg)
+    if min(x_train.shape[1:3]) < size:
+        note_upscaling(f"npz {path.name}", len(labels), len(labels), x_train.shape[2:0:-1], size)
+    return LabelledImages(ArrayImages(np.concatenate([x_train, x_test]), size),
+                          labels.astype(np.int64),
+                          class_names, np.arange(len(x_train), len(labels)))
+
+
+register("npz", NpzConfig, load_npz_images)

@@ -1,0 +1,129 @@
+"""What every data source returns: labelled images behind one interface, and shared helpers.
+
+A source's images are an `ImageSource`: `len()`, `[positions]` giving (n, H, W, 3) float32 RGB in
+[0, 255] for just those images (decoded or generated on demand where the source streams), and
+`fingerprint()` identifying the content (the feature cache's dataset key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tlbench import registry
+from tlbench.config import DataConfig
+
+log = logging.getLogger("tlbench")
+DEFAULT_DECODE_SIZE = 224
+"""Side images are decoded at when data.input_size is null (the backbones' default input)."""
+
+
+class ImageSource(ABC):
+    """Images served by position, with a content fingerprint."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, positions) -> np.ndarray:
+        """The images at `positions` as (n, H, W, 3) float32 RGB in [0, 255]."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A digest that changes whenever the served images change."""
+
+
+class ArrayImages(ImageSource):
+    """In-memory images (N, H, W) grey or (N, H, W, 3) RGB in [0, 255], served as float32 RGB,
+    resized to `size` if given."""
+
+    def __init__(self, pixels: np.ndarray, size: int | None = None) -> None:
+        self.pixels = pixels
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, positions) -> np.ndarray:
+        chosen = self.pixels[np.asarray(positions)].astype(np.float32)
+        if chosen.ndim == 3:
+            chosen = np.repeat(chosen[..., None], 3, axis=-1)
+        return chosen if self.size is None else resize(chosen, self.size)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(str((self.pixels.shape, self.size)).encode())
+        digest.update(np.ascontiguousarray(self.pixels).tobytes())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """A whole source: images (N, H, W, 3) in [0, 255], integer labels and class names.
+
+    `images` serves just the images asked for: large sources are never loaded whole.
+    """
+
+    images: ImageSource
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    given_test: np.ndarray | None = None
+    """Positions of the source's own test split (test/ folder, x_test, TFDS test split), if any."""
+
+    def fingerprint(self) -> str:
+        """A digest of the images, labels and class names: the feature cache's dataset key."""
+        digest = hashlib.sha256()
+        digest.update(self.images.fingerprint().encode())
+        digest.update(np.asarray(self.labels, dtype=np.int64).tobytes())
+        digest.update("\n".join(self.class_names).encode())
+        if self.given_test is not None:
+            digest.update(b"given test split" + np.asarray(self.given_test, np.int64).tobytes())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A registered source: its config class and the loader that turns a config into images."""
+
+    Config: type[DataConfig]
+    load: Callable[[DataConfig], LabelledImages]
+
+
+def register(name: str, config: type[DataConfig],
+             load: Callable[[DataConfig], LabelledImages]) -> None:
+    """Make `data=<name>` load with `load`, its settings typed by `config`."""
+    registry.SOURCES.register(name, DataSource(config, load))
+
+
+def source_size(cfg: DataConfig) -> int:
+    """The side a source's images are decoded or resized to: data.input_size, else 224."""
+    return cfg.input_size or DEFAULT_DECODE_SIZE
+
+
+def note_upscaling(source: str, small: int, total: int, smallest: tuple[int, int],
+                    size: int) -> None:
+    """One log line per source when some of its images are smaller than the target side."""
+    if small:
+        log.info("data %s: %d of %d images are smaller than %dx%d (smallest %dx%d); "
+                 "they are upscaled", source, small, total, size, size, smallest[0], smallest[1])
+
+
+def short_reason(exc: BaseException) -> str:
+    """A short, one-line reason from an exception: its first sentence, at most 160 characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    first = text.split(". ")[0].rstrip(".")
+    return first if len(first) <= 160 else first[:157] + "..."
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize to size x size, float32 in [0, 255]."""
+    import tensorflow as tf
+
+    if images.shape[1:3] == (size, size):
+        return images.astype(np.float32)
+    resized = tf.image.resize(images.astype(np.float32), (size, size), method="bilinear")
+    return np.clip(resized.numpy(), 0.0, 255.0)

@@ -1,0 +1,201 @@
+"""The Strategy base class, and the Keras pieces strategies share: the head, augmentation,
+freezing.
+
+A strategy is one class: its config, which inputs it trains on (images, or the cached outputs of
+the frozen part of the base), the model and phases it builds for each, and whether it starts from
+the pretrained weights. `train` is the same recipe for all: build the plan on the inputs the route
+picks, fit it, evaluate it. Keras is imported only when a model is built, so configs validate
+before TensorFlow starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from tlbench import features, registry
+from tlbench.backbone import BackboneSpec, preprocessed
+from tlbench.config import DenseHeadConfig, RunConfig, StrategyConfig, TrainerConfig
+from tlbench.data import materialise
+from tlbench.errors import check
+from tlbench.plan import Phase, Plan
+
+if TYPE_CHECKING:
+    from tlbench.data import Dataset
+    from tlbench.prepare import Prepared
+    from tlbench.train import RunResult
+
+log = logging.getLogger("tlbench")
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the trainable part is fed: `images` (the whole model), `features` (pooled frozen
+    outputs) or `cut` (frozen activations where the unfrozen top begins), and why."""
+
+    inputs: str
+    reason: str
+
+
+class Strategy:
+    """Base class: subclasses set `Config` and build their plans; registered by name."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[StrategyConfig]]
+    pretrained: ClassVar[bool] = True
+    """Starts from backbone.weights (the scratch control does not)."""
+    trains_base: ClassVar[bool] = True
+    """Some layer of the base trains, so the backbone must have trainable layers."""
+
+    def __init__(self, config: StrategyConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def validate(cls, run: RunConfig) -> None:
+        """Cross-field checks, run once when the config is parsed: a backbone without trainable
+        layers, or a head fitted once on frozen features, needs a frozen-base strategy."""
+        entry, head = registry.BACKBONES[run.backbone.name], run.strategy.head
+        if entry.trainable and not head.frozen_features_only:
+            return
+        key, value = ("backbone", entry.name) if not entry.trainable else ("head", head.name)
+        frozen = "/".join(name for name, strategy in registry.STRATEGIES.items()
+                          if not strategy.trains_base)
+        check(not cls.trains_base and not run.trainer.augment, key, value,
+              f"strategy={frozen} with trainer.augment=false (only frozen features, fitted once)")
+
+    def weights(self, entry: BackboneSpec, configured: str | None) -> str | None:
+        """The weights this run's base starts from."""
+        return configured if self.pretrained and entry.has_weights else None
+
+    def route(self, run: RunConfig, entry: BackboneSpec) -> Route:
+        """Images: the whole network trains."""
+        return Route("images", f"{self.name} trains the whole network")
+
+    def cut(self, base, entry: BackboneSpec) -> str:
+        """The layer whose output feeds the trainable top (route `cut` only)."""
+        raise NotImplementedError(f"{self.name} has no cut")
+
+    def plan(self, base, entry: BackboneSpec, n_classes: int, trainer: TrainerConfig) -> Plan:
+        """The whole model and its phases, trained on images."""
+        raise NotImplementedError
+
+    def plan_on_frozen(self, base, entry: BackboneSpec, n_classes: int,
+                       inputs: dict[str, Dataset], trainer: TrainerConfig) -> Plan:
+        """The trainable part and its phases, trained on cached frozen outputs."""
+        raise NotImplementedError
+
+    def fit_frozen(self, base, entry: BackboneSpec, inputs: dict[str, Dataset],
+                   run: RunConfig) -> RunResult:
+        """Fit and evaluate the plan on cached frozen outputs."""
+        from tlbench import train
+
+        plan = self.plan_on_frozen(base, entry, inputs["features"].n_classes, inputs, run.trainer)
+        self.log_phases(plan)
+        result = train.train_and_evaluate(plan, inputs, run.trainer, run.seed)
+        result.summary = train.model_summary(plan.full_model)
+        return result
+
+    def train(self, prepared: Prepared) -> RunResult:
+        """Build the plan on the inputs the route picks, fit it, evaluate it."""
+        from tlbench import train
+
+        run, entry, base = prepared.config, prepared.entry, prepared.base
+        route = self.route(run, entry)
+        log.info("backbone %s (weights=%s, %dpx); trains on %s: %s", entry.name,
+                 prepared.weights, run.backbone.input_size, route.inputs, route.reason)
+        if route.inputs == "images":
+            dataset = preprocessed(entry, materialise(prepared.source, prepared.splits,
+                                                      run.backbone.input_size))
+            plan = self.plan(base, entry, dataset.n_classes, run.trainer)
+            self.log_phases(plan)
+            result = train.train_and_evaluate(plan, {"images": dataset}, run.trainer, run.seed)
+            result.summary = train.model_summary(plan.model)
+            return result
+        taps = [features.POOLED, *([self.cut(base, entry)] if route.inputs == "cut" else [])]
+        root = features.cache_root(run.cache)
+        frozen = features.frozen_datasets(
+            base, entry, prepared.source, prepared.splits, run.backbone.input_size, taps, root,
+            run.trainer.batch_size, run.cache.fill_limit)
+        inputs = {"features": frozen[0].data} | ({"cut": frozen[1].data} if len(frozen) > 1
+                                                  else {})
+        result = self.fit_frozen(base, entry, inputs, run)
+        computed = sum(tap.computed for tap in frozen)
+        result.metrics |= {"cache_hit": float(root is not None and computed == 0),
+                           "frozen_rows_computed": computed,
+                           "feature_seconds": sum(tap.seconds for tap in frozen),
+                           "feature_wait_seconds": sum(tap.waited for tap in frozen)}
+        return result
+
+    def log_phases(self, plan: Plan) -> None:
+        """One line naming the strategy's phases, epochs and learning rates."""
+        log.info("strategy %s: phases %s", self.name,
+                 ", ".join(f"{p.name}({p.epochs} ep, lr={p.lr:g}, on {p.inputs})"
+                           for p in plan.phases))
+
+
+def cached_route(run: RunConfig, inputs: str) -> Route:
+    """`inputs` (cached frozen outputs), unless the cache is off or augmentation changes the
+    frozen outputs every epoch."""
+    if not run.cache.enabled:
+        return Route("images", "cache.enabled=false: frozen base run every epoch")
+    if run.trainer.augment:
+        return Route("images", "trainer.augment=true: frozen outputs change every epoch, "
+                               "no cache (full path)")
+    return Route(inputs, "frozen outputs cached and reused")
+
+
+def head_layers(n_classes: int, head: DenseHeadConfig):
+    """The new classifier on pooled features: optional Dense(units, relu), dropout, softmax."""
+    import keras
+
+    layers = [keras.layers.Dense(head.units, activation="relu", name="head_dense")] \
+        if head.units else []
+    layers += [keras.layers.Dropout(head.dropout, name="head_dropout"),
+               keras.layers.Dense(n_classes, activation="softmax", name="head_softmax")]
+    return keras.Sequential(layers, name="head")
+
+
+def augmentation():
+    """Random translation and zoom of up to 10%, active only while training."""
+    import keras
+
+    return keras.Sequential([keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest"),
+                             keras.layers.RandomZoom(0.1, fill_mode="nearest")],
+                            name="augmentation")
+
+
+def with_head(base, n_classes: int, head: DenseHeadConfig, base_training: bool | None,
+              classifier=None, flat: bool = False, augment: bool = False):
+    """Stack the classifier on the pooled (or flattened) base output, after random augmentation
+    if asked; base_training=False keeps BatchNorm in inference mode."""
+    import keras
+
+    inputs = keras.Input(shape=base.input_shape[1:])
+    x = base(augmentation()(inputs) if augment else inputs, training=base_training)
+    x = (keras.layers.Flatten if flat else keras.layers.GlobalAveragePooling2D)(name="head_pool")(x)
+    outputs = (classifier or head_layers(n_classes, head))(x)
+    return keras.Model(inputs, outputs)
+
+
+def freeze(base) -> Callable[[], None]:
+    """A phase action that freezes the whole base."""
+
+    def action() -> None:
+        base.trainable = False
+
+    return action
+
+
+def unfreeze_all(base) -> Callable[[], None]:
+    """A phase action that makes every layer of the base trainable."""
+
+    def action() -> None:
+        base.trainable = True
+
+    return action
+
+
+__all__ = ["Phase", "Plan", "Route", "Strategy", "augmentation", "cached_route", "freeze",
+           "head_layers", "unfreeze_all", "with_head"]

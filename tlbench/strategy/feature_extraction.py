@@ -1,0 +1,84 @@
+"""Feature extraction: freeze the base, run it in inference mode, train only a new head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tlbench import registry
+from tlbench.config import RunConfig, StrategyConfig
+from tlbench.plan import keep
+from tlbench.strategy.base import (
+    Phase,
+    Plan,
+    Route,
+    Strategy,
+    cached_route,
+    freeze,
+    head_layers,
+    with_head,
+)
+
+
+@dataclass(kw_only=True)
+class FeatureExtractionConfig(StrategyConfig):
+    """Frozen base in inference mode, new head trained."""
+
+
+@registry.STRATEGIES.entry("feature_extraction")
+class FeatureExtraction(Strategy):
+    """Freeze the base, call it with training=False (BatchNorm in inference mode), train a head.
+
+    On cached pooled features the head trains alone; head=logreg fits a linear probe on them.
+    """
+
+    name = "feature_extraction"
+    Config = FeatureExtractionConfig
+    trains_base = False
+
+    def route(self, run: RunConfig, entry) -> Route:
+        """Cached pooled features; required where there is no network to run or the head is a
+        probe fitted once."""
+        if not entry.trainable or self.config.head.frozen_features_only:
+            needs = f"backbone={entry.name}" if not entry.trainable else \
+                f"head={self.config.head.name}"
+            return Route("features", f"frozen features (required by {needs})")
+        return cached_route(run, "features")
+
+    def plan(self, base, entry, n_classes, trainer) -> Plan:
+        """The frozen base inside the model, a new head on top."""
+        model = with_head(base, n_classes, self.config.head, base_training=False,
+                          augment=trainer.augment)
+        return Plan(model, [Phase("head", trainer.epochs, trainer.lr, freeze(base))])
+
+    def plan_on_frozen(self, base, entry, n_classes, inputs, trainer) -> Plan:
+        """The head alone on cached pooled features; the same head layers sit on the base in
+        the full model whose parameters are reported."""
+        import keras
+
+        classifier = head_layers(n_classes, self.config.head)
+        n_features = inputs["features"].x_train.shape[1]
+        head = keras.Sequential([keras.Input(shape=(n_features,)), classifier])
+        base.trainable = False
+        full = with_head(base, n_classes, self.config.head, base_training=False,
+                         classifier=classifier, flat=entry.features == "flat")
+        return Plan(head, [Phase("head", trainer.epochs, trainer.lr, keep, inputs="features")],
+                    inputs="features", full_model=full)
+
+    def fit_frozen(self, base, entry, inputs, run):
+        """A Keras head through the trainer, or the linear probe (head=logreg)."""
+        from tlbench import train
+
+        head = self.config.head
+        if not head.frozen_features_only:
+            return super().fit_frozen(base, entry, inputs, run)
+        log_probe(head)
+        result = train.train_logreg(inputs["features"], head, base.count_params(), run.seed)
+        result.summary = train.model_summary(base)
+        return result
+
+
+def log_probe(head) -> None:
+    """One line naming the probe's grid."""
+    from tlbench.strategy.base import log
+
+    log.info("strategy feature_extraction: logistic regression over C in %s", head.c_grid)
