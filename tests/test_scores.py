@@ -320,4 +320,4 @@ def test_bad_inputs_raise_one_actionable_line(call, message):
 if __name__ == "__main__":
     for regime, args in RANKING_REGIMES.items():
         taus = [ranking_taus(seed, 200, *args) for seed in range(5)]
-        print(regime, {name: [round(t[name], 2) for t in taus] for name in SCORES})
+        print(regime, {name: [round(float(t[name]), 2) for t in taus] for name in SCORES})
