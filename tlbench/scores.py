@@ -1,7 +1,8 @@
 """Transferability scores: how well a frozen source model suits a target task, without training.
 
 LogME and H-score read penultimate-layer features (N x D); LEEP and NCE read the source model's
-class probabilities (N x Z) for the target images. Higher is better for all four.
+class probabilities (N x Z) for the target images. Higher is better for all four. Agreement with
+the authors' code is kept by tests/test_scores.py against tests/data/score_reference.json.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import scipy.linalg
 from tlbench.errors import TlbenchError
 
 SCORES_VERSION = 2
+"""Version of the score definitions, logged as the run tag `scores.version`; scores of different
+versions are not compared. 1 = H-score on the Ledoit-Wolf covariance without the (1 - a) scaling
+(unbounded); 2 = H-score is Ibrahim et al.'s H_alpha (bounded by K - 1). LogME, LEEP, NCE unchanged.
+"""
 
 EPS = np.finfo(np.float64).eps
 # Typically tens to hundreds of iterations. A class with (almost) no linear signal, whose optimum
@@ -88,11 +93,9 @@ def _max_log_evidence(sigma: np.ndarray, coords2: np.ndarray, rest: np.ndarray,
 
 
 def hscore(features: np.ndarray, labels: np.ndarray, shrinkage: float | None = None) -> float:
-    """H-score (Bao et al., 2019) tr(cov_a(f)^-1 cov(E[f|y])) on the shrunk covariance
-    cov_a = (1 - a) cov + a mu I, mu = tr(cov) / D; shrinkage a is Ledoit-Wolf's when None.
-
-    Unlike Ibrahim et al.'s (2022) H_alpha, cov(E[f|y]) is not scaled by 1 - a: that makes the
-    score 0 for any labels when Ledoit-Wolf picks a = 1 (near-isotropic features).
+    """H_alpha (Ibrahim et al., 2022): the H-score (Bao et al., 2019) tr(cov_a(f)^-1 (1 - a)
+    cov(E[f|y])) on the shrunk covariance cov_a = (1 - a) cov + a mu I, mu = tr(cov) / D; a is
+    Ledoit-Wolf's when None (a = 0 is Bao et al.'s). Covariances divide by N: it lies in [0, K - 1].
     """
     f = _features(features)
     codes = _labels(labels, len(f))
@@ -112,7 +115,7 @@ def hscore(features: np.ndarray, labels: np.ndarray, shrinkage: float | None = N
     except np.linalg.LinAlgError:
         raise TlbenchError(f"feature covariance is singular at shrinkage={a}; leave shrinkage=None "
                            "(Ledoit-Wolf) or pass a value in (0, 1]") from None
-    return float(np.sum(root.T * scipy.linalg.cho_solve(factor, root.T)))
+    return float((1 - a) * np.sum(root.T * scipy.linalg.cho_solve(factor, root.T)))
 
 
 def _ledoit_wolf(centred: np.ndarray, cov: np.ndarray) -> float:
