@@ -101,7 +101,8 @@ def test_shapes_are_deterministic_by_seed_and_rgb_in_0_255():
     first, again = load_shapes_images(cfg), load_shapes_images(cfg)
     other = load_shapes_images(data_config("shapes", n_classes=4, images_per_class=12,
                                             image_size=16, seed=4))
-    assert first.images.pixels.shape == (48, 16, 16, 3) and np.bincount(first.labels).tolist() == [12] * 4
+    assert first.images.pixels.shape == (48, 16, 16, 3)
+    assert np.bincount(first.labels).tolist() == [12] * 4
     assert first.class_names == ("disc", "square", "triangle", "ring")
     assert first.images.pixels.min() >= 0 and first.images.pixels.max() <= 255
     np.testing.assert_array_equal(first.images.pixels, again.images.pixels)
