@@ -22,8 +22,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tlbench.config import FolderConfig, SyntheticConfig  # noqa: E402
-from tlbench.data import load_folder_images, load_synthetic_images  # noqa: E402
+from tlbench.config import group_config  # noqa: E402
+from tlbench.data.folder import FolderConfig, load_folder_images  # noqa: E402
+from tlbench.data.synthetic import SyntheticConfig, load_synthetic_images  # noqa: E402
+
+
+def folder_config(path: str, size: int, **overrides) -> FolderConfig:
+    """The folder source's packaged defaults for `path` at `size` px."""
+    return group_config("data", "folder", FolderConfig, path=path, input_size=size, **overrides)
 
 
 def write_folder(root: Path, n: int) -> None:
@@ -64,13 +70,13 @@ def main() -> None:
         timed(f"write {n} JPEGs", lambda: write_folder(root, n), n)
         for check in ("header", "decode"):
             timed(f"scan, data.check={check}",
-                  lambda c=check: load_folder_images(FolderConfig(name="folder", path=tmp,
-                                                                  check=c, input_size=32)), n)
+                  lambda c=check: load_folder_images(folder_config(tmp, 32, check=c)), n)
         for size in (32, 224):
-            source = load_folder_images(FolderConfig(name="folder", path=tmp, input_size=size))
+            source = load_folder_images(folder_config(tmp, size))
             timed(f"decode all at {size} px, batches of 256", lambda s=source: read_all(s, 256), n)
     per_class = n_synthetic // 10
-    cfg = SyntheticConfig(name="synthetic", n_classes=10, images_per_class=per_class)
+    cfg = group_config("data", "synthetic", SyntheticConfig, n_classes=10,
+                       images_per_class=per_class)
     source = load_synthetic_images(cfg)
     before = peak_mb()
     timed(f"synthetic {n_synthetic} x 32 px in batches of 1000",

@@ -9,8 +9,8 @@ stopping, batch 32, Adam, the same splits and preprocessed images.
 
 (a) the recipe of the Keras transfer-learning guide: frozen base inside the model (training=False),
     `fit` on images; partial fine-tuning then unfreezes the top stage and recompiles at lr / 10.
-(b) tlbench's path (`train_on_frozen`, what `python -m tlbench` runs): frozen outputs computed
-    once into a feature cache that starts empty, heads and top stages trained on them.
+(b) tlbench's path (the strategy object's `train`, what `python -m tlbench` runs): frozen outputs
+    computed once into a feature cache that starts empty, heads and top stages trained on them.
 Each configuration runs (a) then (b), so both see the same machine load.
 
 Timed per run: everything after the base is built (forward passes, caching, fit, evaluation);
@@ -33,13 +33,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 
-from tlbench.__main__ import train_on_frozen  # noqa: E402
+from tlbench import strategy  # noqa: E402
 from tlbench.backbone import BACKBONES, build_base, preprocessed, unfreeze_top  # noqa: E402
 from tlbench.config import RunConfig, parse_config  # noqa: E402
 from tlbench.data import load_source, materialise, split_indices  # noqa: E402
-from tlbench.features import POOLED, extractor, forward, route  # noqa: E402
+from tlbench.features import POOLED, extractor, forward  # noqa: E402
+from tlbench.prepare import prepare  # noqa: E402
 from tlbench.pretrain import source_checkpoint  # noqa: E402
-from tlbench.train import configure_runtime  # noqa: E402
 
 BACKBONE_NAMES = ("mobilenetv2", "resnet50")
 STRATEGIES = ("feature_extraction", "partial_finetune")
@@ -79,22 +79,16 @@ def keras_recipe(config: RunConfig, base, data) -> float:
 
 
 def one_run(config: RunConfig, way: str) -> tuple[float, float]:
-    """Build the base (untimed), then train and evaluate one way; (seconds, test accuracy)."""
-    spec = BACKBONES[config.backbone.name]
-    weights = str(source_checkpoint(config.backbone, config.pretrain, config.trainer)
-                  .weights_path)
-    keras.backend.clear_session()
-    configure_runtime(config.trainer, config.seed, None)
-    source = load_source(config.data)
-    splits = split_indices(source, config.data, config.seed)
-    base = build_base(spec, config.backbone.input_size, weights, config.backbone.bn_momentum)
+    """Prepare the run (untimed), then train and evaluate one way; (seconds, test accuracy)."""
+    prepared = prepare(config, config.backbone.weights, None)
     if way == "keras":
-        data = preprocessed(spec, materialise(source, splits, config.backbone.input_size))
+        data = preprocessed(prepared.entry, materialise(prepared.source, prepared.splits,
+                                                        config.backbone.input_size))
         start = time.perf_counter()
-        accuracy = keras_recipe(config, base, data)
+        accuracy = keras_recipe(config, prepared.base, data)
     else:
         start = time.perf_counter()
-        result = train_on_frozen(config, spec, base, source, splits, route(config))
+        result = strategy.for_run(config).train(prepared)
         accuracy = result.metrics["test_accuracy"]
     return time.perf_counter() - start, accuracy
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from tlbench import registry
@@ -17,6 +18,8 @@ from tlbench.strategy.base import (
     head_layers,
     with_head,
 )
+
+log = logging.getLogger("tlbench")
 
 
 @dataclass(kw_only=True)
@@ -71,14 +74,8 @@ class FeatureExtraction(Strategy):
         head = self.config.head
         if not head.frozen_features_only:
             return super().fit_frozen(base, entry, inputs, run)
-        log_probe(head)
+        log.info("strategy %s: logistic regression over C in %s", self.name, head.c_grid)
         result = train.train_logreg(inputs["features"], head, base.count_params(), run.seed)
         result.summary = train.model_summary(base)
         return result
 
-
-def log_probe(head) -> None:
-    """One line naming the probe's grid."""
-    from tlbench.strategy.base import log
-
-    log.info("strategy feature_extraction: logistic regression over C in %s", head.c_grid)

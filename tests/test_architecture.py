@@ -1,0 +1,173 @@
+"""The house rules, checked: imports run one way, modules stay small, errors need no Hydra, and a
+new strategy is one class plus one YAML that the real CLI runs with no other file touched."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+PACKAGE = Path(__file__).resolve().parent.parent / "tlbench"
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    """tlbench/data/folder.py -> tlbench.data.folder; packages by their __init__."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """tlbench modules this file imports at run time, anywhere in it (TYPE_CHECKING blocks are
+    for type checkers only and left out)."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+               and "TYPE_CHECKING" in ast.unparse(block.test) for node in ast.walk(block)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tlbench"):
+            found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("tlbench")}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the tlbench modules it imports (names that are not modules dropped)."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in runtime_imports(path) if m in files and m != name}
+            for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as a list of modules, or None."""
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for child in sorted(graph[node]):
+            if state.get(child) == 1:
+                return path[path.index(child):] + [child] if child in path else [node, child]
+            if child not in state and (cycle := visit(child, [*path, child])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [start])):
+            return cycle
+    return None
+
+
+def test_imports_have_no_circle():
+    assert find_cycle(import_graph()) is None
+
+
+def test_the_cycle_finder_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+@pytest.mark.parametrize(("lower", "upper"), [
+    ("tlbench.registry", "tlbench.config"), ("tlbench.config", "tlbench.data"),
+    ("tlbench.data", "tlbench.backbone"), ("tlbench.backbone", "tlbench.strategy"),
+    ("tlbench.strategy", "tlbench.prepare"), ("tlbench.config", "tlbench.track"),
+])
+def test_lower_stages_never_import_higher_ones(lower, upper):
+    graph = import_graph()
+    reached, frontier = set(), [m for m in graph if m == lower or m.startswith(lower + ".")]
+    while frontier:
+        module = frontier.pop()
+        if module not in reached:
+            reached.add(module)
+            frontier += graph[module]
+    assert not {m for m in reached if m == upper or m.startswith(upper + ".")}
+
+
+def test_errors_and_registry_do_not_import_hydra():
+    for name in ("errors.py", "registry.py"):
+        tree = ast.parse((PACKAGE / name).read_text())
+        modules = {getattr(n, "module", None) or n.names[0].name for n in ast.walk(tree)
+                   if isinstance(n, ast.Import | ast.ImportFrom)}
+        assert not any(str(m).startswith(("hydra", "omegaconf")) for m in modules), name
+
+
+def test_no_module_is_over_400_lines():
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines())
+             for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+TOY = """
+    import sys
+    from dataclasses import dataclass
+
+    from tlbench import registry
+    from tlbench.config import StrategyConfig
+    from tlbench.plan import keep
+    from tlbench.strategy.base import Phase, Plan, Strategy, freeze, with_head
+
+
+    @dataclass(kw_only=True)
+    class TwoHeadPhasesConfig(StrategyConfig):
+        second_lr_scale: float
+
+
+    @registry.STRATEGIES.entry("two_head_phases")
+    class TwoHeadPhases(Strategy):
+        '''A frozen base (BatchNorm in inference mode) and a head trained in two phases, the
+        second at lr x second_lr_scale.'''
+
+        name = "two_head_phases"
+        Config = TwoHeadPhasesConfig
+        trains_base = False
+
+        def plan(self, base, entry, n_classes, trainer):
+            model = with_head(base, n_classes, self.config.head, base_training=False)
+            return Plan(model, [
+                Phase("head", trainer.epochs, trainer.lr, freeze(base)),
+                Phase("head_again", trainer.epochs, trainer.lr * self.config.second_lr_scale,
+                      keep)])
+
+
+    from tlbench.__main__ import main
+
+    sys.argv = ["tlbench", *sys.argv[1:]]
+    main()
+"""
+
+
+def test_a_new_strategy_is_one_class_and_one_yaml(tmp_path):
+    """The class lives in this test, its YAML in a temporary config folder; the real CLI (Hydra,
+    prepare, trainer, MLflow) runs it without any other file changed."""
+    (tmp_path / "conf" / "strategy").mkdir(parents=True)
+    (tmp_path / "conf" / "strategy" / "two_head_phases.yaml").write_text(
+        "name: two_head_phases\nsecond_lr_scale: 0.5\n")
+    script = tmp_path / "toy.py"
+    script.write_text(textwrap.dedent(TOY))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri}
+    result = subprocess.run(
+        [sys.executable, str(script), "strategy=two_head_phases", "backbone=vgg16",
+         "backbone.weights=null", "data.train_size=5", "trainer.epochs=1",
+         "trainer.patience=null", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["strategy.second_lr_scale"] == "0.5"
+    assert run.info.run_name == "vgg16-two_head_phases-n5-s0"
+    assert run.data.tags["inputs"] == "images"
+    head_only = 512 * 5 + 5  # VGG16's 512 pooled features into 5 classes: the base stays frozen
+    assert run.data.metrics["params_trainable"] == head_only
+    assert run.data.metrics["epochs_run"] == 2
+    assert "phases head(1 ep, lr=0.001, on images), head_again(1 ep, lr=0.0005" in (
+        result.stdout + result.stderr)
