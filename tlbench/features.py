@@ -153,19 +153,23 @@ def _row_layout(path: Path, n_rows: int) -> tuple[int, tuple[int, ...]] | None:
 
 
 def _entry_state(folder: Path, n_rows: int) -> tuple[np.ndarray, tuple | None]:
-    """The done mask and the row file's layout when they agree; else an empty mask (the entry is
-    rebuilt), so that a row is served only if it was computed."""
+    """The done mask and the row file's layout when the rows are whole and of the row shape that
+    key.json records; else an empty mask (the entry is rebuilt, rows and mask together), so a
+    row is served only if it was computed."""
     layout = _row_layout(folder / "rows.npy", n_rows)
     done = np.zeros(n_rows, dtype=bool)
     try:
-        saved = np.load(folder / "done.npy") if layout else done
-    except (OSError, ValueError, EOFError):
-        saved = done
-    if saved.shape == done.shape and saved.dtype == bool:
-        return saved, layout
-    log.warning("feature cache %s: done mask does not match its rows; rebuilding the entry",
-                folder)
-    return done, layout
+        recorded = json.loads((folder / "key.json").read_text()).get("row_shape")
+        saved = np.load(folder / "done.npy")
+    except (OSError, ValueError, EOFError, AttributeError):
+        return done, None
+    if layout is None or recorded is None or tuple(recorded) != layout[1] or \
+            saved.shape != done.shape or saved.dtype != bool:
+        if saved.any():
+            log.warning("feature cache %s: rows and mask disagree (an interrupted copy?); "
+                        "rebuilding the entry", folder)
+        return done, None
+    return saved, layout
 
 
 def _open_rows(path: Path, n_rows: int, row_shape: tuple[int, ...]) -> int:
@@ -228,7 +232,9 @@ def cached_rows(folder: Path | None, key: dict | None, positions: np.ndarray, n_
                     layout = (_open_rows(rows_path, n_rows, new.shape[1:]), new.shape[1:])
                 _write_rows(rows_path, layout[0], missing, new)
                 done[missing] = True
-                (folder / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+                recorded = key | {"row_shape": list(layout[1])}
+                (folder / "key.json").write_text(json.dumps(recorded, indent=2, sort_keys=True)
+                                                 + "\n")
                 _atomic_save(done_path, done)
             except OSError as exc:
                 raise TlbenchError(
