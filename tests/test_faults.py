@@ -265,3 +265,12 @@ def test_server_warns_when_exposed_and_never_prints_the_password(tmp_path):
     assert "s3cr3t" not in result.stdout + result.stderr
     assert exposure_warning("127.0.0.1") is None
     assert "no authentication" in exposure_warning("0.0.0.0")
+
+
+def test_unreachable_server_error_hides_the_password():
+    from tlbench.errors import TlbenchError
+    from tlbench.track import check_tracking_store
+
+    with pytest.raises(TlbenchError) as err:
+        check_tracking_store("http://tl:s3cr3t-pw@127.0.0.1:9")
+    assert "s3cr3t" not in str(err.value) and "tl:***@127.0.0.1:9" in str(err.value)

@@ -163,8 +163,11 @@ def _entry_state(folder: Path, n_rows: int) -> tuple[np.ndarray, tuple | None]:
         saved = np.load(folder / "done.npy")
     except (OSError, ValueError, EOFError, AttributeError):
         return done, None
-    if layout is None or recorded is None or tuple(recorded) != layout[1] or \
-            saved.shape != done.shape or saved.dtype != bool:
+    if recorded is None:
+        log.info("feature cache %s: written by an older tlbench; rebuilding it once", folder)
+        return done, None
+    if layout is None or tuple(recorded) != layout[1] or saved.shape != done.shape or \
+            saved.dtype != bool:
         if saved.any():
             log.warning("feature cache %s: rows and mask disagree (an interrupted copy?); "
                         "rebuilding the entry", folder)

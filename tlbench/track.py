@@ -80,7 +80,7 @@ def _check_sqlite_location(path: Path, uri: str) -> None:
             pass
     except OSError as exc:
         raise TlbenchError(
-            f"tracking.uri={uri}: cannot write to {folder} ({exc.strerror}); pass "
+            f"tracking.uri={redact(uri)}: cannot write to {folder} ({exc.strerror}); pass "
             "tracking.uri=sqlite:////a/writable/dir/mlflow.db or set MLFLOW_TRACKING_URI."
         ) from None
 
@@ -93,7 +93,7 @@ def _check_server(uri: str) -> None:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TlbenchError(
-            f"tracking.uri={uri}: tracking server unreachable ({reason}); start it "
+            f"tracking.uri={redact(uri)}: tracking server unreachable ({reason}); start it "
             "(mlflow server --host 127.0.0.1) or pass another tracking.uri."
         ) from None
 
