@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -255,16 +256,30 @@ def test_password_uri_is_redacted_in_tags_artifacts_and_errors(tmp_path, tiny_co
     assert "tl:***@db.example" in run.data.tags["command"] and "tl:***@" in config
 
 
-def test_server_warns_when_exposed_and_never_prints_the_password(tmp_path):
-    backend = "postgresql://tl:s3cr3t-pw@127.0.0.1:9/nodb"  # nothing listens on port 9
-    result = subprocess.run(
-        [sys.executable, "-m", "tlbench", "server", "--backend-store-uri", backend,
-         "--port", "0", "--log-file", str(tmp_path / "server.log")],
-        cwd=tmp_path, text=True, capture_output=True, timeout=120)
-    assert result.returncode != 0
-    assert "s3cr3t" not in result.stdout + result.stderr
+def test_server_warns_when_exposed():
     assert exposure_warning("127.0.0.1") is None
     assert "no authentication" in exposure_warning("0.0.0.0")
+
+
+@pytest.mark.skipif(not os.environ.get("TLBENCH_TEST_POSTGRES_URI"),
+                    reason="needs TLBENCH_TEST_POSTGRES_URI (.ci/run starts PostgreSQL)")
+def test_server_output_never_prints_the_password(tmp_path):
+    backend = os.environ["TLBENCH_TEST_POSTGRES_URI"]  # postgresql://user:password@host/db
+    password = backend.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tlbench", "server", "--backend-store-uri", backend, "--port",
+         str(port), "--log-file", str(tmp_path / "server.log"), "--artifacts",
+         str(tmp_path / "artifacts")], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        ready = process.stdout.readline()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert ready.startswith("MLflow tracking server ready") and ":***@" in ready
+    assert f":{password}@" not in ready
 
 
 def test_unreachable_server_error_hides_the_password():
