@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from tlbench.track import (
     config_hash,
     ensure_experiment,
     flatten,
+    log_dataset_input,
     resolve_tracking_uri,
     tracked_run,
 )
@@ -91,3 +93,42 @@ def test_finished_run(tmp_path, tiny_config):
     with tracked_run(tiny_config(), uri, {}) as run_id:
         pass
     assert mlflow.MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_new_experiment_opens_on_the_runs_table(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment(ensure_experiment(client, "fresh"))
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_dataset_input_fills_the_dataset_column(tmp_path, tiny_config):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with tracked_run(tiny_config(), uri, {}) as run_id:
+        log_dataset_input(uri, run_id, "digits59", "ab" * 32, {"train": 5, "val": 2, "test": 3})
+    (entry,) = MlflowClient(uri).get_run(run_id).inputs.dataset_inputs
+    assert (entry.dataset.name, entry.dataset.digest) == ("digits59", "ab" * 18)
+    assert json.loads(entry.dataset.profile) == {"num_rows": 10,
+                                                 "splits": {"test": 3, "train": 5, "val": 2}}
+    assert [(tag.key, tag.value) for tag in entry.tags] == [("mlflow.data.context", "training")]
+
+
+def test_run_description_says_how_it_ended(tmp_path, tiny_config):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    with tracked_run(tiny_config(), uri, {}) as finished:
+        client.log_metric(finished, "test_accuracy", 0.8125)
+    with pytest.raises(ValueError), tracked_run(tiny_config("seed=1"), uri, {}) as failed:
+        raise ValueError("bad things\nthe reason")
+    assert client.get_run(finished).data.tags["mlflow.note.content"] == \
+        "FINISHED: test accuracy 0.8125"
+    assert client.get_run(failed).data.tags["mlflow.note.content"] == \
+        "FAILED: ValueError: the reason"
+
+
+def test_keyboard_interrupt_ends_killed(tmp_path, tiny_config):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(KeyboardInterrupt), tracked_run(tiny_config(), uri, {}) as run_id:
+        raise KeyboardInterrupt
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["heartbeat"].isdigit()

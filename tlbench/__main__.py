@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see tlbench/quiet.py
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -57,6 +57,9 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
     if dry_run:
         return Outcome("planned", summary="would run")
     # Imported only now, so that config and store errors come before TensorFlow's ~5 s start-up.
+    from tlbench.quiet import import_tensorflow
+
+    import_tensorflow()
     from tlbench import prepare, registry, strategy
     from tlbench.backbone import weights_kind
 
@@ -107,6 +110,10 @@ def task(cfg: DictConfig) -> float:
         name = config.tracking.run_name
         log.info("%s%s", sweep.progress_prefix(sweep_info), name)
         outcome = run(config, sweep_info, bool(cfg.get("dry_run")))
+    except (KeyboardInterrupt, SystemExit) as exc:  # SIGINT, SIGTERM: the run ended KILLED
+        sweep.record_job(sweep_info, name, "killed", time.monotonic() - start,
+                         error=type(exc).__name__)
+        raise
     except Exception as exc:
         sweep.record_job(sweep_info, name, "failed", time.monotonic() - start,
                          error=last_line(exc))

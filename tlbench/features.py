@@ -29,6 +29,7 @@ from tlbench import paths
 from tlbench.backbone import BackboneSpec, preprocess
 from tlbench.config import CacheConfig
 from tlbench.data import Dataset, LabelledImages, Splits, resize
+from tlbench.errors import TlbenchError
 
 log = logging.getLogger("tlbench")
 
@@ -87,23 +88,82 @@ def forward(model, spec: BackboneSpec, source: LabelledImages, positions: np.nda
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file and os.replace: readers see the old or the new file."""
+    """np.save through a synced temporary file and os.replace: readers see the old or the new
+    file, and a failed write (a full disk) leaves the old one and no temporary behind."""
     temporary = path.with_name(f"tmp-{os.getpid()}-{path.name}")
-    with open(temporary, "wb") as handle:
-        np.save(handle, array)
-    os.replace(temporary, path)
-
-
-def _open_rows(path: Path, n_rows: int, row_shape: tuple[int, ...]) -> np.memmap:
-    """The entry's row file for writing, created (sparse) when missing or unreadable."""
-    shape = (n_rows, *row_shape)
     try:
-        rows = np.lib.format.open_memmap(path, mode="r+")
-        if rows.shape == shape and rows.dtype == np.float32:
-            return rows
-    except (OSError, ValueError):
-        pass
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        with open(temporary, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _row_layout(path: Path, n_rows: int) -> tuple[int, tuple[int, ...]] | None:
+    """The row file's data offset and row shape if it holds n_rows float32 rows and is as long as
+    its header says; None when missing, unreadable, truncated (an interrupted copy) or other."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as handle:
+            shape, fortran, dtype = readers[np.lib.format.read_magic(handle)](handle)
+            offset = handle.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError, EOFError, KeyError):
+        return None
+    whole = size == offset + 4 * int(np.prod(shape))
+    if not whole or fortran or dtype != np.float32 or not shape or shape[0] != n_rows:
+        return None
+    return offset, tuple(shape[1:])
+
+
+def _entry_state(folder: Path, n_rows: int) -> tuple[np.ndarray, tuple | None]:
+    """The done mask and the row file's layout when the rows are whole and of the row shape that
+    key.json records; else an empty mask (the entry is rebuilt, rows and mask together), so a
+    row is served only if it was computed."""
+    layout = _row_layout(folder / "rows.npy", n_rows)
+    done = np.zeros(n_rows, dtype=bool)
+    try:
+        recorded = json.loads((folder / "key.json").read_text()).get("row_shape")
+        saved = np.load(folder / "done.npy")
+    except (OSError, ValueError, EOFError, AttributeError):
+        return done, None
+    if recorded is None:
+        log.info("feature cache %s: written by an older tlbench; rebuilding it once", folder)
+        return done, None
+    if layout is None or tuple(recorded) != layout[1] or saved.shape != done.shape or \
+            saved.dtype != bool:
+        if saved.any():
+            log.warning("feature cache %s: rows and mask disagree (an interrupted copy?); "
+                        "rebuilding the entry", folder)
+        return done, None
+    return saved, layout
+
+
+def _open_rows(path: Path, n_rows: int, row_shape: tuple[int, ...]) -> int:
+    """A new, sparse row file for n_rows float32 rows; returns where its data starts."""
+    header = {"descr": "<f4", "fortran_order": False, "shape": (n_rows, *row_shape)}
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        offset = handle.tell()
+        handle.truncate(offset + 4 * n_rows * int(np.prod(row_shape)))
+    return offset
+
+
+def _write_rows(path: Path, offset: int, positions: np.ndarray, rows: np.ndarray) -> None:
+    """Rows written in place with plain, synced writes (a full disk raises OSError here, where a
+    memory map would crash the process)."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    row_bytes = rows[0].nbytes
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    with open(path, "r+b") as handle:
+        for start, stop in zip([0, *breaks], [*breaks, len(positions)], strict=True):
+            handle.seek(offset + int(positions[start]) * row_bytes)
+            handle.write(rows[start:stop].tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def cached_rows(folder: Path | None, key: dict | None, positions: np.ndarray, n_rows: int,
@@ -111,7 +171,8 @@ def cached_rows(folder: Path | None, key: dict | None, positions: np.ndarray, n_
                 fill: np.ndarray | None = None) -> tuple[np.ndarray, int, float]:
     """Rows at `positions`, computing only those not cached yet (and, on a miss, those of `fill`
     too). Returns the rows, how many were computed, and the seconds spent waiting for another
-    worker's lock."""
+    worker's lock. A truncated or mismatched entry is rebuilt, rows and mask together; a failed
+    write (a full disk) raises TlbenchError and leaves the entry consistent."""
     if folder is None:
         return compute(positions), len(positions), 0.0
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,21 +180,39 @@ def cached_rows(folder: Path | None, key: dict | None, positions: np.ndarray, n_
     with FileLock(str(folder) + ".lock"):
         waited = time.perf_counter() - waited
         done_path, rows_path = folder / "done.npy", folder / "rows.npy"
-        done = np.load(done_path) if done_path.is_file() and rows_path.is_file() \
-            else np.zeros(n_rows, dtype=bool)
+        done, layout = _entry_state(folder, n_rows)
         missing = positions[~done[positions]]
         if len(missing) and fill is not None:
             missing = np.union1d(missing, fill[~done[fill]])
+        computed = len(missing)
         if len(missing):
             new = compute(missing)
-            rows = _open_rows(rows_path, n_rows, new.shape[1:])
-            rows[missing] = new
-            rows.flush()
-            del rows
-            done[missing] = True
-            (folder / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
-            _atomic_save(done_path, done)
-        return np.array(np.load(rows_path, mmap_mode="r")[positions]), len(missing), waited
+            if layout is None or layout[1] != new.shape[1:]:
+                if done.any():  # rows of another shape: recompute the ones this run reads too
+                    log.warning("feature cache %s: rows of another shape; rebuilding", folder)
+                    again = positions[done[positions]]
+                    order = np.argsort(np.concatenate([missing, again]))
+                    new = np.concatenate([new, compute(again)])[order]
+                    missing = np.concatenate([missing, again])[order]
+                    computed, done = len(missing), np.zeros(n_rows, dtype=bool)
+                layout = None
+            try:
+                if layout is None:
+                    done_path.unlink(missing_ok=True)  # never a mask without its rows
+                    layout = (_open_rows(rows_path, n_rows, new.shape[1:]), new.shape[1:])
+                _write_rows(rows_path, layout[0], missing, new)
+                done[missing] = True
+                recorded = key | {"row_shape": list(layout[1])}
+                (folder / "key.json").write_text(json.dumps(recorded, indent=2, sort_keys=True)
+                                                 + "\n")
+                _atomic_save(done_path, done)
+            except OSError as exc:
+                raise TlbenchError(
+                    f"feature cache {folder}: cannot write ({exc.strerror or exc}); free space "
+                    "there, set cache.dir to another folder, or cache.enabled=false") from None
+        assert done[positions].all(), "a feature row was about to be served uncomputed"
+        rows = np.load(rows_path, mmap_mode="r")
+        return np.array(rows[positions]), computed, waited
 
 
 @dataclass(frozen=True)

@@ -266,6 +266,9 @@ def rank(overrides: list[str]) -> list[Candidate]:
     """Compose, check, score every candidate (failures recorded, not raised), print the table."""
     candidates = compose_candidates(overrides)
     uris = check_stores(candidates)
+    from tlbench.quiet import import_tensorflow
+
+    import_tensorflow()
     from tlbench import track
 
     tags = track.environment_tags() | {"rank_id": f"rank-{time.strftime('%Y%m%d-%H%M%S')}"}

@@ -95,20 +95,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def exposure_warning(host: str) -> str | None:
+    """A warning when the server listens beyond this machine: MLflow's server has no login."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return (f"warning: --host {host} exposes the MLflow server to the network with no "
+            "authentication: anyone who reaches its port can read, change and delete runs. "
+            "Bind 127.0.0.1 (and tunnel), or keep the port behind a firewall.")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve until interrupted."""
+    from tlbench.track import redact
+
     args = parse_args(argv)
     backend = args.backend_store_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    warning = exposure_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     try:
         with serve(backend, args.artifacts.resolve(), args.port, args.log_file, args.host,
                    args.workers) as uri:
-            print(f"MLflow tracking server ready at {uri} (backend {backend})", flush=True)
+            print(f"MLflow tracking server ready at {uri} (backend {redact(backend)})",
+                  flush=True)
             print(f"  sweeps: python -m tlbench -m ... tracking.uri={uri}", flush=True)
             print(f"  UI:     open {uri} in a browser; Ctrl-C stops the server", flush=True)
             while True:
                 time.sleep(3600)
     except TlbenchError as exc:
-        raise SystemExit(f"tlbench server: error: {exc}") from None
+        raise SystemExit(f"tlbench server: error: {redact(str(exc))}") from None
     except KeyboardInterrupt:
         print("server stopped", flush=True)
 

@@ -102,18 +102,38 @@ def progress_prefix(sweep: SweepInfo) -> str:
 
 
 def record_job(sweep: SweepInfo, name: str, status: str, seconds: float, **extra) -> None:
-    """Append this job's outcome to the sweep's jobs file."""
+    """Append this job's outcome to the sweep's jobs file (one write, so concurrent workers'
+    lines do not interleave); a failed append is a warning, never a failed job."""
     line = json.dumps({"name": name, "status": status, "seconds": round(seconds, 3), **extra})
-    with open(sweep.folder / JOBS_FILE, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
+    try:
+        with open(sweep.folder / JOBS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    except OSError as exc:
+        log.warning("job outcome not recorded in %s: %s", sweep.folder / JOBS_FILE, exc)
 
 
 def read_jobs(folder: Path) -> list[dict]:
-    """Every job outcome recorded so far in a sweep folder."""
+    """Every well-formed job outcome recorded so far in a sweep folder; a malformed line (a
+    half-written append, a hand edit) is skipped, since progress must never fail a job."""
     path = folder / JOBS_FILE
-    if not path.is_file():
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [job for job in map(_job_of, lines) if job is not None]
+
+
+def _job_of(line: str) -> dict | None:
+    """One jobs-file line as {name, status, seconds, ...}, or None when it is not one."""
+    try:
+        job = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(job, dict) or not isinstance(job.get("status"), str):
+        return None
+    seconds = job.get("seconds")
+    valid = isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0
+    return job | {"seconds": float(seconds) if valid else 0.0, "name": str(job.get("name", "?"))}
 
 
 def eta_seconds(jobs: list[dict], total: int | None, workers: int) -> float | None:
@@ -129,8 +149,12 @@ def eta_text(sweep: SweepInfo) -> str:
     """`; sweep ETA 4m10s` once a job has finished, for the job's closing log line."""
     if sweep.total == 1:
         return ""
-    workers = OmegaConf.select(HydraConfig.get().launcher, "n_jobs") or 1
-    eta = eta_seconds(read_jobs(sweep.folder), sweep.total, int(workers))
+    try:
+        workers = int(OmegaConf.select(HydraConfig.get().launcher, "n_jobs") or 1)
+        eta = eta_seconds(read_jobs(sweep.folder), sweep.total, workers)
+    except Exception as exc:  # noqa: BLE001 - a progress line must never fail a finished job
+        log.warning("sweep ETA unavailable: %s", exc)
+        return ""
     return "" if eta is None else f"; sweep ETA {_duration(eta)}"
 
 
@@ -163,13 +187,16 @@ def summary(folder: Path, elapsed: float) -> list[str]:
     """Closing lines of a sweep: counts by outcome, then each failure with its error."""
     jobs = read_jobs(folder)
     count = {status: sum(job["status"] == status for job in jobs)
-             for status in ("done", "skipped", "failed", "planned")}
+             for status in ("done", "skipped", "failed", "killed", "planned")}
     head = (f"sweep finished in {_duration(elapsed)}: {count['done']} done, "
             f"{count['skipped']} skipped (already FINISHED), {count['failed']} failed")
+    if count["killed"]:
+        head = head.replace("sweep finished", "sweep stopped") + \
+            f", {count['killed']} killed (rerun the command to resume)"
     if count["planned"]:
         head = f"dry run: {count['planned']} to run, {count['skipped']} to skip"
-    return [head] + [f"  FAILED {job['name']}: {job.get('error', '')}"
-                     for job in jobs if job["status"] == "failed"]
+    return [head] + [f"  {job['status'].upper()} {job['name']}: {job.get('error', '')}"
+                     for job in jobs if job["status"] in ("failed", "killed")]
 
 
 class SweepCallback(Callback):

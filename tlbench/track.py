@@ -12,8 +12,12 @@ import json
 import logging
 import os
 import platform
+import re
+import signal
 import subprocess
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +28,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from tlbench import __version__
 from tlbench.config import RunConfig
@@ -34,7 +39,22 @@ if TYPE_CHECKING:
     from tlbench.pretrain import Checkpoint
 
 HTTP_CHECK_SECONDS = 5
+HEARTBEAT_SECONDS = 30  # a RUNNING run refreshes its `heartbeat` tag this often
+STALE_SECONDS = 10 * HEARTBEAT_SECONDS  # ... and is taken for dead after this long without one
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs
+MAX_FIGURE_CLASSES = 60  # above this, the confusion matrix is logged as CSV only
+NOTE = "mlflow.note.content"  # the run's description in MLflow's UI
 log = logging.getLogger("tlbench")
+_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*):[^@/\s]*@")
+
+
+def redact(text: str) -> str:
+    """`scheme://user:***@host`: any password in a URI, alone or inside a longer text."""
+    return _USERINFO.sub(r"\g<head>:***@", text)
+
+
+class Terminated(SystemExit):
+    """SIGTERM (or SIGHUP) arrived during a run: it ends KILLED and the process exits 128+signal."""
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -61,7 +81,7 @@ def _check_sqlite_location(path: Path, uri: str) -> None:
             pass
     except OSError as exc:
         raise TlbenchError(
-            f"tracking.uri={uri}: cannot write to {folder} ({exc.strerror}); pass "
+            f"tracking.uri={redact(uri)}: cannot write to {folder} ({exc.strerror}); pass "
             "tracking.uri=sqlite:////a/writable/dir/mlflow.db or set MLFLOW_TRACKING_URI."
         ) from None
 
@@ -74,18 +94,19 @@ def _check_server(uri: str) -> None:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TlbenchError(
-            f"tracking.uri={uri}: tracking server unreachable ({reason}); start it "
+            f"tracking.uri={redact(uri)}: tracking server unreachable ({reason}); start it "
             "(mlflow server --host 127.0.0.1) or pass another tracking.uri."
         ) from None
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """The experiment's id, creating it once even when several workers start together."""
+    """The experiment's id, creating it once even when several workers start together; tagged
+    as model training, so MLflow's UI opens it on the runs table (not the GenAI overview)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
     except MlflowException:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -170,21 +191,44 @@ def finished_run(uri: str, config: RunConfig):
 
 
 def kill_stale_runs(client: MlflowClient, experiment_id: str, digest: str) -> list[str]:
-    """Mark RUNNING runs with this config_hash KILLED unless their process is alive on this host."""
+    """Mark RUNNING runs with this config_hash KILLED when they are dead: no heartbeat for
+    STALE_SECONDS (on any host), or their process is gone (known at once on this host)."""
+    now = time.time()
     stale = [run for run in _runs_of_config(client, experiment_id, digest, "RUNNING")
-             if not _process_alive(run.data.tags)]
+             if is_stale(run, now)]
     for run in stale:
-        client.set_tag(run.info.run_id, "error", "stale: its process died while RUNNING")
+        client.set_tag(run.info.run_id, "error", "stale: no heartbeat or its process died")
+        client.set_tag(run.info.run_id, NOTE, "KILLED: stale, no heartbeat or its process died")
         client.set_terminated(run.info.run_id, "KILLED")
     return [run.info.run_id for run in stale]
 
 
-def _process_alive(tags: dict[str, str]) -> bool:
-    """Whether the run's recorded process still exists (only knowable on the same host)."""
-    if tags.get("host") != platform.node() or not tags.get("pid", "").isdigit():
+def is_stale(run, now: float) -> bool:
+    """Whether a RUNNING run is dead: its heartbeat (else its start) is older than STALE_SECONDS,
+    or it ran on this host and its process no longer exists."""
+    tags = run.data.tags
+    beat = float(tags["heartbeat"]) if _is_number(tags.get("heartbeat")) else \
+        run.info.start_time / 1000
+    if now - beat > STALE_SECONDS:
+        return True
+    return tags.get("host") == platform.node() and not _process_alive(tags.get("pid", ""))
+
+
+def _is_number(text: str | None) -> bool:
+    """Whether a tag value parses as a float."""
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _process_alive(pid: str) -> bool:
+    """Whether a process with this id exists on this host."""
+    if not pid.isdigit():
         return False
     try:
-        os.kill(int(tags["pid"]), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -193,9 +237,53 @@ def _process_alive(tags: dict[str, str]) -> bool:
 
 
 @contextlib.contextmanager
+def heartbeat(uri: str, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Refresh the run's `heartbeat` tag (epoch seconds) from a daemon thread while the block
+    runs; a failed refresh is logged, never raised."""
+    client, stop = MlflowClient(uri), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                client.set_tag(run_id, "heartbeat", f"{time.time():.0f}")
+            except Exception as exc:  # noqa: BLE001 - the run goes on; staleness is judged later
+                log.warning("heartbeat of run %s not recorded: %s", run_id, last_line(exc))
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def terminate_as_exception() -> Iterator[None]:
+    """Inside the block, SIGTERM and SIGHUP raise Terminated (so the run can end KILLED) instead
+    of ending the process on the spot; outside the main thread, signals are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise Terminated(128 + signum)
+
+    previous = {number: signal.signal(number, handler)
+                for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+@contextlib.contextmanager
 def tracked_run(config: RunConfig, uri: str, tags: dict[str, str],
                 values: dict | None = None, run_name: str | None = None) -> Iterator[str]:
-    """Start an MLflow run with the config as params; on exception end it FAILED, error tagged.
+    """Start an MLflow run with the config as params, beating its heartbeat while it runs; on
+    exception end it FAILED (KILLED for SIGINT/SIGTERM), error tagged; its description
+    (`mlflow.note.content`) says how it ended. Tag values are redacted of passwords.
 
     `values` replaces identity(config) as the params and the config_hash (score runs log another
     identity than trained runs, so that neither is mistaken for the other on resume)."""
@@ -207,23 +295,41 @@ def tracked_run(config: RunConfig, uri: str, tags: dict[str, str],
     for run_id in kill_stale_runs(client, experiment_id, digest):
         log.warning("marked stale RUNNING run %s of this config KILLED", run_id)
     run = client.create_run(experiment_id, run_name=run_name or config.tracking.run_name,
-                            tags=tags | {"config_hash": digest, "pid": str(os.getpid())})
+                            tags={k: redact(v) for k, v in tags.items()} | {
+                                "config_hash": digest, "pid": str(os.getpid()),
+                                "host": platform.node(), "heartbeat": f"{time.time():.0f}"})
     run_id = run.info.run_id
     try:
-        client.log_batch(run_id, params=[
-            mlflow.entities.Param(k, v) for k, v in flatten(values).items()
-        ])
-        yield run_id
+        with terminate_as_exception(), heartbeat(uri, run_id):
+            client.log_batch(run_id, params=[
+                mlflow.entities.Param(k, v) for k, v in flatten(values).items()
+            ])
+            yield run_id
     except BaseException as exc:
-        client.set_tag(run_id, "error", _error_tag(exc))
-        client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+        error = _error_tag(exc)
+        client.log_batch(run_id, tags=[mlflow.entities.RunTag("error", error),
+                                       mlflow.entities.RunTag(NOTE, f"{status}: {error}")])
+        client.set_terminated(run_id, status)
         raise
+    client.set_tag(run_id, NOTE, finished_note(client.get_run(run_id).data.metrics))
     client.set_terminated(run_id, "FINISHED")
+
+
+def finished_note(metrics: dict[str, float]) -> str:
+    """The one-line description of a FINISHED run: its test accuracy when it has one."""
+    if "test_accuracy" in metrics:
+        return f"FINISHED: test accuracy {metrics['test_accuracy']:.4f}"
+    return "FINISHED"
 
 
 def _error_tag(exc: BaseException) -> str:
     """The exception's type and last message line, for the run's `error` tag."""
-    return f"{type(exc).__name__}: {last_line(exc)}"[:5000]
+    if isinstance(exc, Terminated):
+        return f"Terminated: signal {signal.Signals(exc.code - 128).name}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt: interrupted (SIGINT)"
+    return redact(f"{type(exc).__name__}: {last_line(exc)}")[:5000]
 
 
 def log_result(uri: str, run_id: str, metrics: dict[str, float], history: list[dict],
@@ -238,18 +344,22 @@ def log_result(uri: str, run_id: str, metrics: dict[str, float], history: list[d
     for start in range(0, len(entries), 1000):
         client.log_batch(run_id, metrics=entries[start:start + 1000])
     for name, text in artifacts.items():
-        client.log_text(run_id, text, name)
+        client.log_text(run_id, redact(text), name)
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
     """Tags known only once the run has started (e.g. the source's class names)."""
-    entries = [mlflow.entities.RunTag(key, value) for key, value in tags.items()]
+    entries = [mlflow.entities.RunTag(key, redact(value)) for key, value in tags.items()]
     MlflowClient(uri).log_batch(run_id, tags=entries)
 
 
 def log_prepared(uri: str, run_id: str, prepared: Prepared) -> None:
-    """What the prepare stage found: the class names, the initial weights and their source."""
-    set_tags(uri, run_id, {"class_names": ", ".join(prepared.source.class_names)[:5000]})
+    """What the prepare stage found: the class names, the dataset (an MLflow input), the initial
+    weights and their source."""
+    source, splits = prepared.source, prepared.splits
+    set_tags(uri, run_id, {"class_names": ", ".join(source.class_names)[:5000]})
+    log_dataset_input(uri, run_id, prepared.config.data.name, source.fingerprint(), {
+        "train": len(splits.train), "val": len(splits.val), "test": len(splits.test)})
     log_weights(uri, run_id, prepared.weights_sha256, prepared.checkpoint)
 
 
@@ -268,26 +378,69 @@ def log_weights(uri: str, run_id: str, sha256: str | None, checkpoint: Checkpoin
                         "source_manifest.json")
 
 
+def log_dataset_input(uri: str, run_id: str, name: str, digest: str,
+                      sizes: dict[str, int]) -> None:
+    """The run's data as an MLflow dataset input (the UI's Dataset column): its name, content
+    digest and split sizes (e.g. {"train": 626, "val": 90, "test": 180}) as the profile."""
+    dataset = mlflow.entities.Dataset(
+        name=name, digest=digest[:36], source_type="tlbench",
+        source=json.dumps({"data": name}), profile=json.dumps(
+            {"num_rows": sum(sizes.values()), "splits": sizes}, sort_keys=True))
+    context = mlflow.entities.InputTag(MLFLOW_DATASET_CONTEXT, "training")
+    MlflowClient(uri).log_inputs(run_id, [mlflow.entities.DatasetInput(dataset, [context])])
+
+
 def log_confusion_matrix(uri: str, run_id: str, confusion, class_names: tuple[str, ...]) -> None:
-    """The test confusion matrix as CSV and as a labelled PNG heatmap."""
+    """The test confusion matrix as CSV and, up to MAX_FIGURE_CLASSES classes, as a labelled PNG
+    heatmap. Artifacts come after training: a failure here is a warning (and an `artifact_error`
+    tag), never a failed run."""
+    client = MlflowClient(uri)
+    try:
+        header = "true\\predicted," + ",".join(_csv_cell(name) for name in class_names)
+        rows = [f"{_csv_cell(name)}," + ",".join(str(int(v)) for v in row)
+                for name, row in zip(class_names, confusion, strict=True)]
+        client.log_text(run_id, "\n".join([header, *rows]) + "\n", "confusion_matrix.csv")
+        if len(class_names) <= MAX_FIGURE_CLASSES:
+            client.log_figure(run_id, confusion_figure(confusion, class_names),
+                              "confusion_matrix.png")
+        else:
+            log.info("confusion matrix of %d classes logged as CSV only (figure above %d)",
+                     len(class_names), MAX_FIGURE_CLASSES)
+    except Exception as exc:  # noqa: BLE001 - the run has finished; its artifacts are extras
+        log.warning("confusion matrix not logged: %s", last_line(exc))
+        client.set_tag(run_id, "artifact_error", _error_tag(exc))
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+
+
+def _csv_cell(text: str) -> str:
+    """A CSV cell: quoted when it holds a comma, quote or line break."""
+    if any(c in text for c in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def confusion_figure(confusion, class_names: tuple[str, ...]):
+    """A labelled heatmap of bounded size; labels are plain text ($ is not math), counts are
+    written in the cells only while they stay legible."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    header = "true\\predicted," + ",".join(class_names)
-    rows = [f"{name}," + ",".join(str(int(v)) for v in row)
-            for name, row in zip(class_names, confusion, strict=True)]
-    client = MlflowClient(uri)
-    client.log_text(run_id, "\n".join([header, *rows]) + "\n", "confusion_matrix.csv")
-    size = max(4.0, 0.45 * len(class_names) + 2)
+    labels = [name.replace("$", r"\$") for name in class_names]
+    size = min(20.0, max(4.0, 0.45 * len(labels) + 2))
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(confusion, cmap="Blues")
-    ticks = range(len(class_names))
-    ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
-           xlabel="predicted", ylabel="true", title="Test confusion matrix")
-    for (i, j), value in np.ndenumerate(confusion):
-        ax.text(j, i, int(value), ha="center", va="center", fontsize=8)
+    ticks = range(len(labels))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true",
+           title="Test confusion matrix")
+    ax.set_xticklabels(labels, rotation=90)
+    ax.set_yticklabels(labels)
+    if len(labels) <= 30:
+        for (i, j), value in np.ndenumerate(confusion):
+            ax.text(j, i, int(value), ha="center", va="center", fontsize=8)
     fig.tight_layout()
-    client.log_figure(run_id, fig, "confusion_matrix.png")
-    plt.close(fig)
+    return fig

@@ -7,6 +7,7 @@ A source's images are an `ImageSource`: `len()`, `[positions]` giving (n, H, W, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from abc import ABC, abstractmethod
@@ -76,6 +77,11 @@ class LabelledImages:
 
     def fingerprint(self) -> str:
         """A digest of the images, labels and class names: the feature cache's dataset key."""
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        """fingerprint(), computed once per loaded source."""
         digest = hashlib.sha256()
         digest.update(self.images.fingerprint().encode())
         digest.update(np.asarray(self.labels, dtype=np.int64).tobytes())

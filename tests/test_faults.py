@@ -1,0 +1,291 @@
+"""Fault injection with real files, processes and stores: a damaged feature cache, a full disk,
+SIGTERM mid-run, a worker on another host, a malformed jobs file, a class name that is math
+text, an artifact that fails, and a password in the tracking URI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tlbench.features import cached_rows
+from tlbench.server import exposure_warning
+from tlbench.sweep import eta_seconds, read_jobs, summary
+from tlbench.track import (
+    STALE_SECONDS,
+    ensure_experiment,
+    heartbeat,
+    kill_stale_runs,
+    log_confusion_matrix,
+    log_result,
+    redact,
+    tracked_run,
+)
+
+KEY = {"format": 1, "test": "faults"}
+
+
+def squares(asked: list[int]):
+    """Rows (p, p^2) for positions p, recording which positions were computed."""
+
+    def compute(positions: np.ndarray) -> np.ndarray:
+        asked.extend(int(p) for p in positions)
+        return np.stack([positions + 1.0, positions**2.0 + 1], axis=1).astype(np.float32)
+
+    return compute
+
+
+def expected(positions) -> list[list[float]]:
+    return [[p + 1.0, p**2 + 1.0] for p in positions]
+
+
+def filled_entry(folder: Path, n_rows: int = 10) -> None:
+    """A cache entry with every row computed."""
+    cached_rows(folder, KEY, np.arange(n_rows), n_rows, squares([]))
+
+
+def test_truncated_rows_are_rebuilt_never_served_as_zeros(tmp_path):
+    folder = tmp_path / "e"
+    filled_entry(folder)
+    rows_file = folder / "rows.npy"
+    os.truncate(rows_file, rows_file.stat().st_size - 3 * 8)  # an interrupted copy: 3 rows short
+    asked: list[int] = []
+    rows, computed, _ = cached_rows(folder, KEY, np.array([2, 9]), 10, squares(asked))
+    assert rows.tolist() == expected([2, 9]) and computed == 2 and asked == [2, 9]
+    assert np.load(folder / "done.npy").tolist() == [i in (2, 9) for i in range(10)]
+    rows, computed, _ = cached_rows(folder, KEY, np.arange(10), 10, squares(asked))
+    assert rows.tolist() == expected(range(10)) and computed == 8
+
+
+def test_rows_of_another_shape_rebuild_rows_and_mask_together(tmp_path):
+    folder = tmp_path / "e"
+    filled_entry(folder)
+    np.save(folder / "rows.npy", np.zeros((10, 3), dtype=np.float32))  # done.npy still all True
+    asked: list[int] = []
+    rows, computed, _ = cached_rows(folder, KEY, np.array([0, 5]), 10, squares(asked))
+    assert rows.tolist() == expected([0, 5]) and sorted(asked) == [0, 5]
+    np.save(folder / "rows.npy", np.zeros((10, 3), dtype=np.float32))
+    asked.clear()
+    rows, computed, _ = cached_rows(folder, KEY, np.array([0, 5, 7]), 10, squares(asked))
+    assert rows.tolist() == expected([0, 5, 7]) and computed == 3  # 7 missing, 0 and 5 redone
+    assert np.load(folder / "done.npy").sum() == 3
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage, not an npy file", None])
+def test_corrupt_done_mask_rebuilds_the_entry(tmp_path, damage):
+    folder = tmp_path / "e"
+    filled_entry(folder)
+    if damage is None:
+        np.save(folder / "done.npy", np.ones(7, dtype=bool))  # a mask of another source size
+    else:
+        (folder / "done.npy").write_bytes(damage)
+    asked: list[int] = []
+    rows, computed, _ = cached_rows(folder, KEY, np.array([1, 3]), 10, squares(asked))
+    assert rows.tolist() == expected([1, 3]) and computed == 2
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+import numpy as np
+from tlbench.errors import TlbenchError
+from tlbench.features import cached_rows
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    cached_rows(Path(sys.argv[1]), {"k": 1}, np.arange(4000), 4000,
+                lambda p: np.ones((len(p), 16), dtype=np.float32))
+except TlbenchError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_a_full_disk_fails_with_one_line_and_leaves_the_entry_consistent(tmp_path):
+    folder = tmp_path / "e"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, str(folder)], text=True,
+                            capture_output=True, timeout=120)
+    assert result.returncode == 3, result.stderr[-2000:]
+    (line,) = result.stdout.strip().splitlines()
+    assert line.startswith(f"feature cache {folder}: cannot write") and "cache.dir" in line
+    assert not (folder / "done.npy").exists() or not np.load(folder / "done.npy").any()
+    rows, computed, _ = cached_rows(folder, {"k": 1}, np.array([0, 3999]), 4000,
+                                    lambda p: np.full((len(p), 16), 2.0, dtype=np.float32))
+    assert computed == 2 and (rows == 2.0).all()
+
+
+def test_sigterm_mid_run_ends_the_run_killed_and_the_summary_says_so(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tlbench", "-m", "strategy=full_retrain", "data=synthetic",
+         "data.images_per_class=40", "data.n_classes=2", "trainer.epochs=500",
+         "trainer.patience=null", "backbone.weights=null", f"tracking.uri={uri}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not _running_runs(uri):
+            assert process.poll() is None and time.monotonic() < deadline, "run never started"
+            time.sleep(0.5)
+        time.sleep(2)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
+    (run,) = MlflowClient(uri).search_runs([_experiment_id(uri)])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"] == "Terminated: signal SIGTERM"
+    assert run.data.tags["mlflow.note.content"] == "KILLED: Terminated: signal SIGTERM"
+    assert "1 killed (rerun the command to resume)" in output
+    assert "Traceback" not in output
+
+
+def _experiment_id(uri: str) -> str:
+    return MlflowClient(uri).get_experiment_by_name("tlbench").experiment_id
+
+
+def _running_runs(uri: str) -> list:
+    try:
+        experiment = MlflowClient(uri).get_experiment_by_name("tlbench")
+        return [] if experiment is None else MlflowClient(uri).search_runs(
+            [experiment.experiment_id], "attributes.status = 'RUNNING'")
+    except Exception:  # noqa: BLE001 - the store may not exist yet
+        return []
+
+
+def _running(client: MlflowClient, experiment_id: str, **tags: str) -> str:
+    """A RUNNING run of config_hash 'c' with these tags, as another worker would leave it."""
+    return client.create_run(experiment_id, tags={"config_hash": "c"} | tags).info.run_id
+
+
+def test_liveness_is_the_heartbeat_not_the_host(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, "tlbench")
+    now = time.time()
+    alive_elsewhere = _running(client, experiment_id, host="node-7", pid="12",
+                               heartbeat=f"{now - 5:.0f}")
+    dead_elsewhere = _running(client, experiment_id, host="node-7", pid="13",
+                              heartbeat=f"{now - STALE_SECONDS - 60:.0f}")
+    dead_here = _running(client, experiment_id, host=os.uname().nodename, pid="999999999",
+                         heartbeat=f"{now:.0f}")
+    killed = kill_stale_runs(client, experiment_id, "c")
+    assert sorted(killed) == sorted([dead_elsewhere, dead_here])
+    assert client.get_run(alive_elsewhere).info.status == "RUNNING"
+    assert client.get_run(dead_elsewhere).info.status == "KILLED"
+
+
+def test_the_heartbeat_is_refreshed_while_the_run_works(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = _running(client, ensure_experiment(client, "tlbench"), heartbeat="0")
+    with heartbeat(uri, run_id, every=0.2):
+        time.sleep(1.5)
+    assert time.time() - float(client.get_run(run_id).data.tags["heartbeat"]) < 5
+
+
+def test_malformed_jobs_lines_never_fail_progress(tmp_path):
+    (tmp_path / "tlbench_jobs.jsonl").write_text(
+        '{"name": "a", "status": "done", "seconds": 10}\n'
+        '{"name": "b", "status": "do\n'  # a half-written append
+        'not json at all\n'
+        '[1, 2]\n'
+        '{"name": "c", "status": "done", "seconds": "slow"}\n'
+        '{"name": "d", "status": "killed", "seconds": 3, "error": "Terminated"}\n')
+    jobs = read_jobs(tmp_path)
+    assert [job["name"] for job in jobs] == ["a", "c", "d"]
+    assert eta_seconds(jobs, total=5, workers=1) == 10.0  # mean of 10 and 0 over 2 remaining
+    assert summary(tmp_path, 60)[0] == ("sweep stopped in 1m00s: 2 done, 0 skipped (already "
+                                        "FINISHED), 0 failed, 1 killed (rerun the command to "
+                                        "resume)")
+
+
+def test_math_text_and_many_classes_never_fail_a_finished_run(tmp_path, tiny_config):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    names = ("$x^$", "a,b", "$\\frac{", "plain")
+    with tracked_run(tiny_config(), uri, {}) as run_id:
+        log_confusion_matrix(uri, run_id, np.eye(4, dtype=int) * 3, names)
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert {f.path for f in client.list_artifacts(run_id)} >= {"confusion_matrix.csv",
+                                                               "confusion_matrix.png"}
+    csv = Path(client.download_artifacts(run_id, "confusion_matrix.csv", str(tmp_path)))
+    assert csv.read_text().splitlines()[2] == '"a,b",0,3,0,0'
+    start = time.monotonic()
+    with tracked_run(tiny_config("seed=1"), uri, {}) as many:
+        log_confusion_matrix(uri, many, np.eye(1000, dtype=int), tuple(map(str, range(1000))))
+    assert time.monotonic() - start < 30
+    assert [f.path for f in client.list_artifacts(many)] == ["confusion_matrix.csv"]
+    with tracked_run(tiny_config("seed=2"), uri, {}) as broken:  # 3 rows for 4 names
+        log_confusion_matrix(uri, broken, np.eye(3, dtype=int), names)
+    run = client.get_run(broken)
+    assert run.info.status == "FINISHED" and "ValueError" in run.data.tags["artifact_error"]
+
+
+SECRET_URI = "postgresql://tl:s3cr3t-pw@db.example:5432/mlflow"
+
+
+def test_redact_hides_passwords_alone_and_in_text():
+    assert redact(SECRET_URI) == "postgresql://tl:***@db.example:5432/mlflow"
+    assert redact(f"python -m tlbench tracking.uri={SECRET_URI} seed=1") == (
+        "python -m tlbench tracking.uri=postgresql://tl:***@db.example:5432/mlflow seed=1")
+    assert redact("http://127.0.0.1:5000 and sqlite:////x/y.db") == \
+        "http://127.0.0.1:5000 and sqlite:////x/y.db"
+
+
+def test_password_uri_is_redacted_in_tags_artifacts_and_errors(tmp_path, tiny_config):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = f"python -m tlbench tracking.uri={SECRET_URI}"
+    with pytest.raises(RuntimeError), tracked_run(tiny_config(), uri, {"command": command}) as r:
+        log_result(uri, r, {"test_accuracy": 0.5}, [], {"config.yaml": f"uri: {SECRET_URI}\n"})
+        raise RuntimeError(f"cannot connect to {SECRET_URI}")
+    client = MlflowClient(uri)
+    run = client.get_run(r)
+    config = Path(client.download_artifacts(r, "config.yaml", str(tmp_path))).read_text()
+    texts = [*run.data.tags.values(), *run.data.params.values(), config]
+    assert not [text for text in texts if "s3cr3t" in text]
+    assert "tl:***@db.example" in run.data.tags["command"] and "tl:***@" in config
+
+
+def test_server_warns_when_exposed():
+    assert exposure_warning("127.0.0.1") is None
+    assert "no authentication" in exposure_warning("0.0.0.0")
+
+
+@pytest.mark.skipif(not os.environ.get("TLBENCH_TEST_POSTGRES_URI"),
+                    reason="needs TLBENCH_TEST_POSTGRES_URI (.ci/run starts PostgreSQL)")
+def test_server_output_never_prints_the_password(tmp_path):
+    backend = os.environ["TLBENCH_TEST_POSTGRES_URI"]  # postgresql://user:password@host/db
+    password = backend.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tlbench", "server", "--backend-store-uri", backend, "--port",
+         str(port), "--log-file", str(tmp_path / "server.log"), "--artifacts",
+         str(tmp_path / "artifacts")], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        ready = process.stdout.readline()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert ready.startswith("MLflow tracking server ready") and ":***@" in ready
+    assert f":{password}@" not in ready
+
+
+def test_unreachable_server_error_hides_the_password():
+    from tlbench.errors import TlbenchError
+    from tlbench.track import check_tracking_store
+
+    with pytest.raises(TlbenchError) as err:
+        check_tracking_store("http://tl:s3cr3t-pw@127.0.0.1:9")
+    assert "s3cr3t" not in str(err.value) and "tl:***@127.0.0.1:9" in str(err.value)

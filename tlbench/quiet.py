@@ -1,0 +1,45 @@
+"""TensorFlow without its start-up and tf.data noise; call `import_tensorflow()` where the run
+first needs TensorFlow (not at start-up: config and store errors come before its ~5 s import).
+
+Two sources, both harmless:
+- The oneDNN notice ("oneDNN custom operations are on ...") is logged twice while TensorFlow
+  loads, before absl's logging is initialised, so TF_CPP_MIN_LOG_LEVEL does not filter it. The
+  import runs with stderr captured at the file-descriptor level; every other line is passed on.
+- With op determinism on (`trainer.deterministic=true`), tf.data rewrites Keras' parallel map
+  into a sequential MapDataset and copies its `use_unbounded_threadpool` attribute, which
+  MapDataset lacks; TensorFlow logs that at ERROR level (`E0000 ... NodeDef mentions attribute
+  use_unbounded_threadpool`) and ignores the attribute. TF_CPP_MIN_LOG_LEVEL=3 hides it; a
+  failing TensorFlow op still raises a Python exception.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+NOISE = ("All log messages before absl::InitializeLog() is called",
+         "oneDNN custom operations are on")
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and Keras once, without their noise (a user's TF_CPP_MIN_LOG_LEVEL
+    wins)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "keras" in sys.modules:
+        return
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            passed = [line for line in captured.read().decode(errors="replace").splitlines(True)
+                      if not any(noise in line for noise in NOISE)]
+            sys.stderr.write("".join(passed))
