@@ -18,15 +18,14 @@ from mlflow.tracking import MlflowClient
 
 from tlbench.features import cached_rows
 from tlbench.server import exposure_warning
+from tlbench.store import ensure_experiment, redact
 from tlbench.sweep import eta_seconds, read_jobs, summary
 from tlbench.track import (
     STALE_SECONDS,
-    ensure_experiment,
     heartbeat,
     kill_stale_runs,
     log_confusion_matrix,
     log_result,
-    redact,
     tracked_run,
 )
 
@@ -284,7 +283,7 @@ def test_server_output_never_prints_the_password(tmp_path):
 
 def test_unreachable_server_error_hides_the_password():
     from tlbench.errors import TlbenchError
-    from tlbench.track import check_tracking_store
+    from tlbench.store import check_tracking_store
 
     with pytest.raises(TlbenchError) as err:
         check_tracking_store("http://tl:s3cr3t-pw@127.0.0.1:9")

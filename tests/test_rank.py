@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tlbench import rank, scores, track
+from tlbench import identity, rank, scores
 from tlbench.config import DenseHeadConfig, group_config, parse_config
 
 from .conftest import compose_config
@@ -80,7 +80,7 @@ def test_every_candidate_is_a_finished_score_run(ranked):
         params = run.data.params
         assert params["data.train_size"] == "5" and params["seed"] == "0"
         assert not any(k.startswith(("strategy.", "trainer.", "tracking.")) for k in params)
-    trained = track.config_hash(parse_config(compose_config(
+    trained = identity.config_hash(parse_config(compose_config(
         ["backbone=vgg16", *TINY, "strategy=feature_extraction"])))
     assert trained not in {r.data.tags["config_hash"] for r in runs}
 

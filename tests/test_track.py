@@ -12,15 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tlbench.errors import TlbenchError
-from tlbench.track import (
-    check_tracking_store,
-    config_hash,
-    ensure_experiment,
-    flatten,
-    log_dataset_input,
-    resolve_tracking_uri,
-    tracked_run,
-)
+from tlbench.identity import config_hash, flatten
+from tlbench.store import check_tracking_store, ensure_experiment, resolve_tracking_uri
+from tlbench.track import log_dataset_input, tracked_run
 
 
 def test_uri_precedence(monkeypatch, tmp_path):

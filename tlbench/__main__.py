@@ -46,11 +46,12 @@ class Outcome:
 
 def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcome:
     """Train and evaluate one configuration, logging everything to MLflow."""
-    from tlbench import track
+    from tlbench import identity, store, track
 
-    uri = track.resolve_tracking_uri(config.tracking.uri)
-    track.check_tracking_store(uri)
-    finished = track.finished_run(uri, config)
+    uri = store.resolve_tracking_uri(config.tracking.uri)
+    store.check_tracking_store(uri)
+    digest = identity.config_hash(config)
+    finished = track.finished_run(uri, config, digest)
     if finished is not None and config.tracking.resume:
         return Outcome("skipped", finished.data.metrics.get("val_accuracy", float("nan")),
                        f"already FINISHED as run {finished.info.run_id}")
@@ -68,7 +69,7 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
     weights = adapt.weights(entry, config.backbone.weights)
     tags = job_tags(sweep_info) | track.environment_tags() | {
         "weights.kind": weights_kind(weights), "inputs": adapt.route(config, entry).inputs}
-    with track.tracked_run(config, uri, tags) as run_id:
+    with track.tracked_run(config, uri, tags, digest) as run_id:
         prepared = prepare.prepare(config, weights,
                                    config.trainer.threads or sweep.worker_threads())
         track.log_prepared(uri, run_id, prepared)

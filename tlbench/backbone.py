@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import re
 import socket
 import warnings
@@ -22,7 +21,7 @@ import numpy as np
 
 from tlbench import registry
 from tlbench.errors import TlbenchError
-from tlbench.paths import keras_home
+from tlbench.paths import keras_home, sha256_of
 
 if TYPE_CHECKING:
     from tlbench.data import Dataset
@@ -197,15 +196,6 @@ def keras_models_dir() -> Path:
 def imagenet_path(spec: BackboneSpec, input_size: int) -> Path:
     """The full path of the cached ImageNet file Keras looks for."""
     return keras_models_dir() / spec.imagenet_file(input_size)
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_sha256(spec: BackboneSpec, input_size: int, weights: str | None) -> str | None:

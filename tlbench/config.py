@@ -122,6 +122,11 @@ class DataConfig:
         check(self.val_fraction + self.test_fraction < 1, "data.test_fraction",
               self.test_fraction, "val_fraction + test_fraction < 1")
 
+    def content_digest(self) -> str | None:
+        """A digest of the files the source reads, where settings alone do not fix its content
+        (a folder, an .npz); None where they do. Part of the run's identity."""
+        return None
+
 
 @dataclass(kw_only=True)
 class TrainerConfig:

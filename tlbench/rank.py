@@ -96,7 +96,7 @@ def compose_candidates(overrides: list[str]) -> list[Candidate]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from tlbench import track
+    from tlbench import identity
 
     candidates: dict[str, Candidate] = {}
     with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
@@ -106,7 +106,7 @@ def compose_candidates(overrides: list[str]) -> list[Candidate]:
             except (HydraException, OmegaConfBaseException) as exc:
                 raise TlbenchError(one_line(exc)) from None
             # Equal identities (e.g. backbone=pixels under several weights) are scored once.
-            candidates.setdefault(track.values_hash(score_identity(config)),
+            candidates.setdefault(identity.config_hash(config, score_identity(config)),
                                   Candidate(combination, config))
     return list(candidates.values())
 
@@ -117,9 +117,9 @@ def score_identity(config: RunConfig) -> dict:
     Its params share backbone.*, data.*, pretrain.* and seed with the trained runs (the report
     joins on them); its config_hash differs from every trained run's, so neither resumes the
     other."""
-    from tlbench import track
+    from tlbench import identity
 
-    values = track.identity(config)
+    values = identity.identity(config)
     values.pop("strategy")
     values.pop("trainer")
     return values
@@ -135,13 +135,14 @@ def score_candidate(candidate: Candidate, uri: str, tags: dict[str, str]) -> Non
     from mlflow.tracking import MlflowClient
     from threadpoolctl import threadpool_limits
 
-    from tlbench import backbone, features, prepare, scores, track
+    from tlbench import backbone, features, identity, prepare, scores, track
 
     config = candidate.config
     kind = backbone.weights_kind(config.backbone.weights)
     tags = tags | {KIND_TAG: KIND, "weights.kind": kind, "scores.version": str(SCORES_VERSION),
                    "command": " ".join(["python -m tlbench.rank", *candidate.overrides])}
-    with track.tracked_run(config, uri, tags, values=score_identity(config),
+    values = score_identity(config)
+    with track.tracked_run(config, uri, tags, identity.config_hash(config, values), values,
                            run_name=run_name(config)) as run_id:
         prepared = prepare.prepare(config, config.backbone.weights, config.trainer.threads)
         track.log_prepared(uri, run_id, prepared)
@@ -203,14 +204,14 @@ def config_yaml(config: RunConfig) -> str:
 
 def check_stores(candidates: list[Candidate]) -> dict[str, str]:
     """Each distinct tracking URI checked once, before TensorFlow starts; URI per candidate."""
-    from tlbench import track
+    from tlbench import store
 
     uris = {}
     for candidate in candidates:
         key = candidate.config.tracking.uri
         if key not in uris:
-            uris[key] = track.resolve_tracking_uri(key)
-            track.check_tracking_store(uris[key])
+            uris[key] = store.resolve_tracking_uri(key)
+            store.check_tracking_store(uris[key])
     return {id(c): uris[c.config.tracking.uri] for c in candidates}
 
 

@@ -106,7 +106,7 @@ def exposure_warning(host: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve until interrupted."""
-    from tlbench.track import redact
+    from tlbench.store import redact
 
     args = parse_args(argv)
     backend = args.backend_store_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"

@@ -172,7 +172,7 @@ def prepare_store(config: DictConfig) -> None:
     """Check the store; create schema and experiment once, so parallel jobs never race on them."""
     from mlflow.tracking import MlflowClient
 
-    from tlbench.track import check_tracking_store, ensure_experiment, resolve_tracking_uri
+    from tlbench.store import check_tracking_store, ensure_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(config.tracking.uri)
     check_tracking_store(uri)

@@ -6,144 +6,42 @@ A run that raises ends FAILED with the error's last line in the `error` tag, nev
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import json
 import logging
 import os
 import platform
-import re
 import signal
 import subprocess
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from tlbench import __version__
 from tlbench.config import RunConfig
-from tlbench.errors import TlbenchError, last_line
+from tlbench.errors import last_line
+from tlbench.identity import config_hash, flatten, identity
+from tlbench.store import ensure_experiment, redact
 
 if TYPE_CHECKING:
     from tlbench.prepare import Prepared
     from tlbench.pretrain import Checkpoint
 
-HTTP_CHECK_SECONDS = 5
 HEARTBEAT_SECONDS = 30  # a RUNNING run refreshes its `heartbeat` tag this often
 STALE_SECONDS = 10 * HEARTBEAT_SECONDS  # ... and is taken for dead after this long without one
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs
 MAX_FIGURE_CLASSES = 60  # above this, the confusion matrix is logged as CSV only
 NOTE = "mlflow.note.content"  # the run's description in MLflow's UI
 log = logging.getLogger("tlbench")
-_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*):[^@/\s]*@")
-
-
-def redact(text: str) -> str:
-    """`scheme://user:***@host`: any password in a URI, alone or inside a longer text."""
-    return _USERINFO.sub(r"\g<head>:***@", text)
 
 
 class Terminated(SystemExit):
     """SIGTERM (or SIGHUP) arrived during a run: it ends KILLED and the process exits 128+signal."""
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """The given URI, else $MLFLOW_TRACKING_URI, else an absolute sqlite file in the working dir."""
-    if uri:
-        return uri
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def check_tracking_store(uri: str) -> None:
-    """Fail in seconds, before any training, if the store cannot be written or reached."""
-    if uri.startswith("sqlite:///"):
-        _check_sqlite_location(Path(uri.removeprefix("sqlite:///")), uri)
-    elif uri.startswith(("http://", "https://")):
-        _check_server(uri)
-
-
-def _check_sqlite_location(path: Path, uri: str) -> None:
-    """The sqlite file's folder must exist (or be creatable) and accept writes."""
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise TlbenchError(
-            f"tracking.uri={redact(uri)}: cannot write to {folder} ({exc.strerror}); pass "
-            "tracking.uri=sqlite:////a/writable/dir/mlflow.db or set MLFLOW_TRACKING_URI."
-        ) from None
-
-
-def _check_server(uri: str) -> None:
-    """An HTTP tracking server must answer its health check within a few seconds."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HTTP_CHECK_SECONDS):
-            return
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TlbenchError(
-            f"tracking.uri={redact(uri)}: tracking server unreachable ({reason}); start it "
-            "(mlflow server --host 127.0.0.1) or pass another tracking.uri."
-        ) from None
-
-
-def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """The experiment's id, creating it once even when several workers start together; tagged
-    as model training, so MLflow's UI opens it on the runs table (not the GenAI overview)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, tags=EXPERIMENT_KIND)
-    except MlflowException:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
-
-
-def identity(config: RunConfig) -> dict:
-    """The resolved config minus where things are stored: what makes two runs the same cell."""
-    values = dataclasses.asdict(config)
-    values.pop("tracking")
-    values.pop("cache")
-    values["pretrain"].pop("cache_dir")
-    return values
-
-
-def config_hash(config: RunConfig) -> str:
-    """A stable short hash of the run's identity."""
-    return values_hash(identity(config))
-
-
-def values_hash(values: dict) -> str:
-    """A stable short hash of an identity dict (a run's, or a score run's: see tlbench.rank)."""
-    canonical = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def flatten(values: dict, prefix: str = "") -> dict[str, str]:
-    """Nested dict as dotted keys with string values, as MLflow params."""
-    flat: dict[str, str] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{name}.")
-        else:
-            flat[name] = "null" if value is None else str(value)
-    return flat
 
 
 def _git_commit() -> str:
@@ -180,13 +78,14 @@ def _runs_of_config(client: MlflowClient, experiment_id: str, digest: str, statu
     return client.search_runs([experiment_id], filter_string=query, max_results=100)
 
 
-def finished_run(uri: str, config: RunConfig):
-    """A FINISHED run of this exact config in the experiment, or None."""
+def finished_run(uri: str, config: RunConfig, digest: str | None = None):
+    """A FINISHED run of this config (config_hash `digest`, computed if not given), or None."""
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     if experiment is None:
         return None
-    runs = _runs_of_config(client, experiment.experiment_id, config_hash(config), "FINISHED")
+    digest = digest or config_hash(config)
+    runs = _runs_of_config(client, experiment.experiment_id, digest, "FINISHED")
     return runs[0] if runs else None
 
 
@@ -279,16 +178,17 @@ def terminate_as_exception() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def tracked_run(config: RunConfig, uri: str, tags: dict[str, str],
+def tracked_run(config: RunConfig, uri: str, tags: dict[str, str], digest: str | None = None,
                 values: dict | None = None, run_name: str | None = None) -> Iterator[str]:
     """Start an MLflow run with the config as params, beating its heartbeat while it runs; on
     exception end it FAILED (KILLED for SIGINT/SIGTERM), error tagged; its description
     (`mlflow.note.content`) says how it ended. Tag values are redacted of passwords.
 
-    `values` replaces identity(config) as the params and the config_hash (score runs log another
-    identity than trained runs, so that neither is mistaken for the other on resume)."""
+    `digest` is the run's config_hash (computed if not given); `values` replaces
+    identity(config) as the params (score runs log another identity than trained runs, so that
+    neither is resumed as the other)."""
     values = identity(config) if values is None else values
-    digest = values_hash(values)
+    digest = digest or config_hash(config, values)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, config.tracking.experiment)

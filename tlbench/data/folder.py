@@ -49,6 +49,18 @@ class FolderConfig(DataConfig):
         check_choice("data.on_bad_file", self.on_bad_file, ON_BAD_FILE)
         check_choice("data.check", self.check, FILE_CHECKS)
 
+    def content_digest(self) -> str | None:
+        """Relative paths, sizes and modification times of every file under the folder."""
+        root = Path(self.path).expanduser()
+        if not root.is_dir():
+            return None
+        digest = hashlib.sha256()
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n"
+                          .encode())
+        return digest.hexdigest()
+
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 

@@ -18,6 +18,7 @@ from tlbench.data.source import (
     source_size,
 )
 from tlbench.errors import TlbenchError, check
+from tlbench.paths import sha256_of
 
 log = logging.getLogger("tlbench")
 
@@ -31,6 +32,11 @@ class NpzConfig(DataConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(bool(self.path), "data.path", self.path, "the .npz file to read")
+
+    def content_digest(self) -> str | None:
+        """sha256 of the .npz file."""
+        path = Path(self.path).expanduser()
+        return sha256_of(path) if path.is_file() else None
 
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")

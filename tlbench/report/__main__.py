@@ -72,7 +72,7 @@ def write_report(args: argparse.Namespace) -> Path:
     """Fetch the sweep's runs, aggregate them and write the markdown report and plots."""
     # Imported here so that --help and argument errors answer without loading MLflow or plots.
     from tlbench.report import fetch, plots, render, stats
-    from tlbench.track import resolve_tracking_uri
+    from tlbench.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     client = fetch.connect(uri)

@@ -1,0 +1,82 @@
+"""Run identity: the params a run logs and the `config_hash` that resume and the report key on.
+
+A run's params are its effective config: what it ran with (backbone.weights as loaded: `null`
+for the scratch control and weightless backbones), minus where things are stored and keys that
+change nothing (trainer.verbose). Its config_hash adds the content behind path-valued settings
+(the data files of folder and npz sources, a weights file) and leaves out the pretraining
+settings where no source checkpoint is used, so a run is redone when its inputs change and not
+duplicated when a setting has no effect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from tlbench import registry
+from tlbench.backbone import weights_kind
+from tlbench.config import RunConfig
+from tlbench.paths import sha256_of
+
+IDENTITY_VERSION = 2
+"""Version 1 hashed path strings and every key; its runs are not resumed by version 2."""
+
+
+def effective_weights(config: RunConfig) -> str | None:
+    """What the run's base starts from: backbone.weights, unless the strategy or the backbone
+    takes none."""
+    strategy = registry.STRATEGIES[config.strategy.name](config.strategy)
+    return strategy.weights(registry.BACKBONES[config.backbone.name], config.backbone.weights)
+
+
+def identity(config: RunConfig) -> dict:
+    """The effective config as a nested dict: the run's params."""
+    values = dataclasses.asdict(config)
+    for key in ("tracking", "cache"):
+        values.pop(key)
+    values["pretrain"].pop("cache_dir")
+    values["trainer"].pop("verbose")
+    values["backbone"]["weights"] = effective_weights(config)
+    return values
+
+
+def content(config: RunConfig) -> dict[str, str | None]:
+    """Digests of what path-valued settings point at: the data and a weights file."""
+    weights = effective_weights(config)
+    path = weights if weights_kind(weights) == "file" else None
+    return {"data": config.data.content_digest(),
+            "weights": sha256_of(path) if path and _is_file(path) else None}
+
+
+def _is_file(path: str) -> bool:
+    return Path(path).expanduser().is_file()
+
+
+def config_hash(config: RunConfig, values: dict | None = None) -> str:
+    """The hash of the values that decide the result (identity(config) unless given): the
+    content behind paths added, pretraining settings dropped unless a source checkpoint is
+    used."""
+    values = dict(identity(config) if values is None else values)
+    if weights_kind(effective_weights(config)) != "source":
+        values.pop("pretrain", None)
+    return values_hash(values | {"content": content(config), "identity": IDENTITY_VERSION})
+
+
+def values_hash(values: dict) -> str:
+    """A stable short hash of an identity dict."""
+    canonical = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, str]:
+    """Nested dict as dotted keys with string values, as MLflow params."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = "null" if value is None else str(value)
+    return flat

@@ -1,0 +1,84 @@
+"""The tracking store: where runs go, checked in seconds before any work, and the experiment.
+
+Also `redact`, which keeps passwords in tracking URIs out of everything tlbench writes or prints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tlbench.errors import TlbenchError
+
+HTTP_CHECK_SECONDS = 5
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs
+_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*):[^@/\s]*@")
+
+
+def redact(text: str) -> str:
+    """`scheme://user:***@host`: any password in a URI, alone or inside a longer text."""
+    return _USERINFO.sub(r"\g<head>:***@", text)
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The given URI, else $MLFLOW_TRACKING_URI, else an absolute sqlite file in the working dir."""
+    if uri:
+        return uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_tracking_store(uri: str) -> None:
+    """Fail in seconds, before any training, if the store cannot be written or reached."""
+    if uri.startswith("sqlite:///"):
+        _check_sqlite_location(Path(uri.removeprefix("sqlite:///")), uri)
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
+
+
+def _check_sqlite_location(path: Path, uri: str) -> None:
+    """The sqlite file's folder must exist (or be creatable) and accept writes."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise TlbenchError(
+            f"tracking.uri={redact(uri)}: cannot write to {folder} ({exc.strerror}); pass "
+            "tracking.uri=sqlite:////a/writable/dir/mlflow.db or set MLFLOW_TRACKING_URI."
+        ) from None
+
+
+def _check_server(uri: str) -> None:
+    """An HTTP tracking server must answer its health check within a few seconds."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HTTP_CHECK_SECONDS):
+            return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TlbenchError(
+            f"tracking.uri={redact(uri)}: tracking server unreachable ({reason}); start it "
+            "(mlflow server --host 127.0.0.1) or pass another tracking.uri."
+        ) from None
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, creating it once even when several workers start together; tagged
+    as model training, so MLflow's UI opens it on the runs table (not the GenAI overview)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
