@@ -35,6 +35,7 @@ from scipy import stats as scipy_stats
 from tlbench.errors import TlbenchError
 from tlbench.report import fetch, render, stats
 from tlbench.report.__main__ import main as report_main
+from tlbench.scores import SCORES_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -55,6 +56,7 @@ TRANSFER = {  # label -> (backbone, strategy, size, n_train, [(seed, accuracy, f
 }
 TRAINABLE = {("resnet50", "feature_extraction"): 20_490, ("mobilenetv2", "feature_extraction"):
              12_810}
+CURRENT = str(SCORES_VERSION)
 LABELS = {key: f"{b} · {s} · {size}" for key, (b, s, size, _, _) in TRANSFER.items()}
 
 
@@ -463,12 +465,19 @@ def test_cli_help_documents_every_option(tmp_path: Path) -> None:
 # score runs (no sweep_id) for the same bases, data and seeds, plus one for a seed the sweep never
 # trained and an older duplicate that the later one replaces. LogME orders size 10 exactly as the
 # accuracies (tau +1), H-score exactly backwards (-1), LEEP exists for two backbones only.
+# Score runs carry scores.version = SCORES_VERSION; the latest run of resnet50 at size 10 seed 0 is
+# untagged (version 1) and one more is tagged "1": both must be left out, not replace the scores.
+# Baselines: params_total (logged by the trained runs) orders size 10 resnet50 > vgg16 >
+# mobilenetv2, tau +1/3 against the accuracies; flops (logged by the score runs only) vgg16 >
+# resnet50 > mobilenetv2, tau -1/3.
 SCORED_ACCURACY = {("resnet50", "10"): (0.90, 0.92), ("mobilenetv2", "10"): (0.80, 0.82),
                    ("vgg16", "10"): (0.70, 0.74), ("resnet50", "all"): (0.95, 0.97),
                    ("mobilenetv2", "all"): (0.93, 0.93)}
 SCORES = {"resnet50": {"logme": 3.0, "hscore": 1.0, "leep": -0.5},
           "mobilenetv2": {"logme": 2.0, "hscore": 2.0, "leep": -0.9},
           "vgg16": {"logme": 1.0, "hscore": 3.0}}
+PARAMS_TOTAL = {"resnet50": 23_600_000, "mobilenetv2": 2_270_000, "vgg16": 14_700_000}
+FLOPS = {"resnet50": 4.1e9, "mobilenetv2": 0.3e9, "vgg16": 15.5e9}
 
 
 @pytest.fixture(scope="module")
@@ -484,7 +493,7 @@ def scored_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, MlflowC
             params = run_params(backbone, "feature_extraction", size, seed)
             log_run(client, experiment, f"{backbone}-fe-n{size}-s{seed}", start, "FINISHED",
                     params, {"test_accuracy": accuracy, "n_train": 100 if size == "10" else 600,
-                             "fit_seconds": 1.0},
+                             "fit_seconds": 1.0, "params_total": PARAMS_TOTAL[backbone]},
                     {"sweep_id": "sweep-s",
                      "config_hash": config_hash(backbone, "feature_extraction", size, seed)})
             score_params = {k: v for k, v in params.items() if not k.startswith(("strategy.",
@@ -492,17 +501,24 @@ def scored_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, MlflowC
             for late, shift in ((0, 5.0), (1, 0.0)):  # the later run replaces the earlier one
                 log_run(client, experiment, f"score-{backbone}-n{size}-s{seed}",
                         start + 100 + late, "FINISHED", score_params,
-                        {name: value + shift for name, value in SCORES[backbone].items()},
-                        {"tlbench.kind": "score",
+                        {name: value + shift for name, value in SCORES[backbone].items()}
+                        | {"flops": FLOPS[backbone]},
+                        {"tlbench.kind": "score", "scores.version": CURRENT,
                          "config_hash": f"score-{backbone}-{size}-{seed}"})
     log_run(client, experiment, "score-vgg16-n10-s7", start + 5000, "FINISHED",
             run_params("vgg16", "feature_extraction", "10", 7) | {"strategy.name": "x"},
-            {"logme": 99.0}, {"tlbench.kind": "score", "config_hash": "score-vgg16-10-7"})
+            {"logme": 99.0}, {"tlbench.kind": "score", "scores.version": CURRENT,
+                              "config_hash": "score-vgg16-10-7"})
+    for name, version in (("untagged", {}), ("tagged-1", {"scores.version": "1"})):
+        log_run(client, experiment, f"score-resnet50-n10-s0-{name}", start + 5500, "FINISHED",
+                run_params("resnet50", "feature_extraction", "10", 0), {"logme": -99.0},
+                {"tlbench.kind": "score", "config_hash": "score-resnet50-10-0"} | version)
     # A score run that carries the sweep's id must still stay out of the trained-run tables.
     log_run(client, experiment, "score-tagged", start + 6000, "FINISHED",
             {"backbone.name": "vgg16", "strategy.name": "feature_extraction",
              "data.train_size": "10", "seed": "0"}, {"logme": 1.0},
-            {"tlbench.kind": "score", "sweep_id": "sweep-s", "config_hash": "tagged"})
+            {"tlbench.kind": "score", "scores.version": CURRENT, "sweep_id": "sweep-s",
+             "config_hash": "tagged"})
     return uri, client, experiment
 
 
@@ -531,6 +547,43 @@ def test_scores_join_the_accuracy_they_predict(scored: stats.Analysis) -> None:
     assert np.isnan(ten.loc["vgg16", "leep"])
 
 
+def test_score_runs_of_another_version_are_left_out(scored: stats.Analysis) -> None:
+    resnet = scored.scores.points.set_index(["backbone.name", "data.train_size"]).loc[
+        ("resnet50", "10")]
+    assert resnet["logme"] == 3.0 and resnet["score_n"] == 2  # not the later -99 of version 1
+    assert scored.scores.other_version == 2
+
+
+def test_current_version_treats_untagged_runs_as_version_1() -> None:
+    runs = pd.DataFrame({"tags.scores.version": [CURRENT, None, "1", f" {CURRENT} ", "3"]})
+    current, other = stats.current_version(runs)
+    assert current.index.tolist() == [0, 3] and other == 3
+    assert stats.current_version(pd.DataFrame({"run_id": ["a"]}))[1] == 1
+
+
+def test_model_size_baselines_get_their_own_tau(scored: stats.Analysis) -> None:
+    taus = scored.scores.taus.set_index("data.train_size")
+    accuracy = [0.91, 0.81, 0.72]  # resnet50, mobilenetv2, vgg16
+    expected = scipy_stats.kendalltau([23_600_000, 2_270_000, 14_700_000], accuracy)
+    assert taus.loc["10", "params_total_tau"] == pytest.approx(expected.statistic)
+    assert taus.loc["10", "params_total_tau"] == pytest.approx(1 / 3)
+    assert taus.loc["10", "params_total_p"] == pytest.approx(expected.pvalue)
+    # FLOPs are logged by the score runs only: the baseline falls back on them.
+    assert taus.loc["10", "flops_tau"] == pytest.approx(-1 / 3)
+    assert taus.loc["all", "params_total_k"] == 2
+
+
+def test_baselines_that_no_run_logged_are_left_out_silently(
+        scored_store: tuple[str, MlflowClient, str]) -> None:
+    _, client, experiment = scored_store
+    runs = fetch.fetch_runs(client, experiment, fetch.sweep_filter("sweep-s", None))
+    score_runs = fetch.fetch_runs(client, experiment, fetch.SCORE_FILTER)
+    analysis = stats.analyse(runs, "test_accuracy", score_runs.drop(columns="metrics.flops"))
+    source = render.Source("tlbench", "sweep-s", "sqlite://", "test_accuracy")
+    section = render.scores_vs_accuracy(analysis, source, {"scores-vs-accuracy": "x.png"})
+    assert "params tau |" in section and "FLOPs" not in section
+
+
 def test_kendall_tau_per_strategy_and_size(scored: stats.Analysis) -> None:
     taus = scored.scores.taus.set_index("data.train_size")
     assert taus.loc["10", "backbones"] == 3
@@ -552,12 +605,18 @@ def test_report_section_says_when_tau_is_not_meaningful(
     rows = {cells[1].strip(): [c.strip() for c in cells[2:]] for cells in
             (table_cells(line) for line in section.splitlines()
              if line.startswith(r"| feature\_extraction"))}
+    assert "| data.train\\_size | backbones | logme tau | hscore tau | leep tau | nce tau | " \
+        "params tau | FLOPs tau |" in section
     assert rows["10"] == ["3", "+1.00 (p=0.33)", "-1.00 (p=0.33)", "not meaningful (2 backbones)",
-                          "not meaningful (0 backbones)"]
+                          "not meaningful (0 backbones)", "+0.33 (p=1.00)", "-0.33 (p=1.00)"]
     assert rows["all"][0] == "2" and set(rows["all"][1:]) == {"not meaningful (2 backbones)",
                                                               "not meaningful (0 backbones)"}
     assert "nan" not in section.lower()
-    assert "| resnet50 | imagenet | 2 | 0.910 | 2 | 3.000 | 1.000 | -0.500 | – |" in section
+    assert ("| resnet50 | imagenet | 2 | 0.910 | 2 | 3.000 | 1.000 | -0.500 | – | 23,600,000 | "
+            "4,100,000,000 |") in section
+    assert (f"Score runs of scores version {SCORES_VERSION} only (tag scores.version; untagged "
+            "runs are version 1): 2 score run(s) of another version left out") in section
+    assert "Left out 2 score runs of another scores version" in done.stdout
     (image,) = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section)
     with Image.open(tmp_path / image) as picture:
         picture.verify()

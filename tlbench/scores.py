@@ -15,6 +15,7 @@ import scipy.linalg
 
 from tlbench.errors import TlbenchError
 
+SCORES_VERSION = 2
 EPS = np.finfo(np.float64).eps
 # Typically tens to hundreds of iterations. A class with (almost) no linear signal, whose optimum
 # is alpha -> infinity, converges slowly and may stop at the cap, within 1e-7 of its limit.
