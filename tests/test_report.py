@@ -651,3 +651,155 @@ def test_fit_time_includes_the_frozen_features_a_run_paid_for(tmp_path):
     })
     tidy = tidy_runs(runs, "test_accuracy").set_index("data.train_size")
     assert tidy.loc["5", "fit_seconds"] == 5.0 and tidy.loc["10", "fit_seconds"] == 1.0
+
+
+# Hyperparameters chosen on validation (--tune), on known numbers.
+
+def tuning_runs() -> pd.DataFrame:
+    """Two configurations x two learning rates x two seeds, plus a third configuration without
+    val_accuracy. resnet50: lr 0.01 has the better mean val (.65 vs .60) but the worse test
+    (.30 vs .90), so only a selection on test would pick 0.001. mobilenetv2: both lrs tie on
+    val (.50), so the first in numeric order (0.0001 before 0.001) is chosen."""
+    rows = []
+    table = {("resnet50", "0.001"): [(0.5, 0.9), (0.7, 0.9)],
+             ("resnet50", "0.01"): [(0.65, 0.3), (0.65, 0.3)],
+             ("mobilenetv2", "0.001"): [(0.4, 0.6), (0.6, 0.6)],
+             ("mobilenetv2", "0.0001"): [(0.5, 0.2), (0.5, 0.2)],
+             ("vgg16", "0.001"): [(np.nan, 0.5), (np.nan, 0.5)]}
+    for (backbone, lr), seeds in table.items():
+        for seed, (val, test) in enumerate(seeds):
+            rows.append({"run_id": f"{backbone}-{lr}-{seed}", "status": "FINISHED",
+                         "start_time": len(rows), "params.backbone.name": backbone,
+                         "params.strategy.name": "feature_extraction",
+                         "params.data.train_size": "10", "params.trainer.lr": lr,
+                         "params.seed": str(seed), "metrics.val_accuracy": val,
+                         "metrics.test_accuracy": test})
+    return pd.DataFrame(rows)
+
+
+def test_tune_chooses_on_validation_never_on_test() -> None:
+    analysis = stats.analyse(tuning_runs(), "test_accuracy", tune=["trainer.lr"])
+    chosen = analysis.summary.set_index("backbone.name")
+    assert chosen["trainer.lr"].to_dict() == {"resnet50": "0.01", "mobilenetv2": "0.0001"}
+    assert chosen["mean"].to_dict() == pytest.approx({"resnet50": 0.3, "mobilenetv2": 0.2})
+    assert chosen["n"].tolist() == [2, 2]
+    assert analysis.shown == ["backbone.name", "strategy.name", "data.train_size"]
+    choices = analysis.choices.set_index(["backbone.name", "trainer.lr"])
+    assert choices.loc[("resnet50", "0.001"), "val_mean"] == pytest.approx(0.6)
+    assert not choices.loc[("vgg16", "0.001"), "chosen"]  # no val_accuracy: left out
+
+
+def test_without_tune_every_learning_rate_is_its_own_configuration() -> None:
+    analysis = stats.analyse(tuning_runs(), "test_accuracy")
+    assert len(analysis.summary) == 5 and "trainer.lr" in analysis.shown
+    assert stats.untuned_hyperparameters(analysis.shown) == ["trainer.lr"]
+
+
+def test_tuning_section_and_ranking_show_the_chosen_values() -> None:
+    analysis = stats.analyse(tuning_runs(), "test_accuracy", tune=["trainer.lr"])
+    source = render.Source("tlbench", "sweep-t", "sqlite://", "test_accuracy")
+    section = render.tuning(analysis)
+    assert ("| resnet50 | feature\\_extraction | 10 | 0.01 | 0.001: 0.600 (2) · "
+            "0.01: 0.650 (2) ★ |") in section
+    assert "1 configuration(s) logged no val\\_accuracy: left out of the ranking." in section
+    ranking = render.ranking(analysis, source)
+    assert "| rank | backbone.name | strategy.name | data.train\\_size | trainer.lr (chosen on " \
+           "val) | n |" in ranking
+    assert "| 1 | resnet50 | feature\\_extraction | 10 | 0.01 | 2 | 0.300 |" in ranking
+    assert "Swept and not tuned" not in ranking
+    header = render.header(analysis, source)
+    assert "- **Splits:** ranked test\\_accuracy: test; test\\_macro\\_f1: test; " \
+           "val\\_accuracy: validation (used only by --tune and early stopping); " \
+           "train\\_accuracy: the train subset. Nothing is selected on test" in header
+    assert "- **Tuned:** trainer.lr, per configuration, by the best mean val\\_accuracy" in header
+
+
+def test_untuned_swept_learning_rate_points_to_tune() -> None:
+    analysis = stats.analyse(tuning_runs(), "test_accuracy")
+    source = render.Source("tlbench", "sweep-t", "sqlite://", "test_accuracy")
+    assert ("Swept and not tuned: trainer.lr. Each value is a configuration of its own, "
+            "compared on test\\_accuracy; to choose on validation instead, report with --tune "
+            "trainer.lr.") in render.ranking(analysis, source)
+    assert "- **Tuned:** nothing" in render.header(analysis, source)
+
+
+@pytest.mark.parametrize(("tune", "message"), [
+    (["trainer.lrr"], "--tune trainer.lrr: not a param of the sweep's runs; did you mean "
+                      "trainer.lr?"),
+    (["zzz"], "--tune zzz: not a param of the sweep's runs; params swept here: trainer.lr"),
+    (["seed"], "--tune seed: seeds are replicates"),
+    (["strategy.name"], "--tune strategy.name: backbone.name, strategy.name, data.train_size are "
+                        "what the report compares"),
+])
+def test_tune_refuses_what_it_cannot_tune(tune: list[str], message: str) -> None:
+    with pytest.raises(TlbenchError, match=re.escape(message)):
+        stats.analyse(tuning_runs(), "test_accuracy", tune=tune)
+
+
+# --tune on a real learning-rate grid: a tiny multirun through the CLI into sqlite.
+
+LR_GRID = ("0.001", "0.01")
+
+
+@pytest.fixture(scope="module")
+def lr_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(tracking URI, workdir) of a real 2 strategies x 2 lrs x 2 seeds multirun, 1 epoch."""
+    workdir = tmp_path_factory.mktemp("lr-grid")
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tlbench", "-m", "strategy=feature_extraction,full_retrain",
+         f"trainer.lr={','.join(LR_GRID)}", "seed=0,1", "data.train_size=5", "trainer.epochs=1",
+         "trainer.patience=null", "backbone.weights=null", "data.input_size=32",
+         f"tracking.uri={uri}"],
+        cwd=workdir, env=env | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return uri, workdir
+
+
+def best_lr_on_validation(uri: str) -> dict[str, str]:
+    """Per strategy, the lr with the best mean val_accuracy over seeds (ties: the smaller lr),
+    straight from MLflow's runs."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tlbench").experiment_id
+    val: dict[tuple[str, str], list[float]] = {}
+    for run in client.search_runs([experiment]):
+        params = run.data.params
+        val.setdefault((params["strategy.name"], params["trainer.lr"]), []).append(
+            run.data.metrics["val_accuracy"])
+    assert all(len(seeds) == 2 for seeds in val.values()) and len(val) == 4
+    strategies = {strategy for strategy, _ in val}
+    return {s: max(LR_GRID, key=lambda lr: (np.mean(val[(s, lr)]), -float(lr)))
+            for s in strategies}
+
+
+def test_tune_on_a_real_lr_grid_picks_the_best_mean_val_accuracy(
+        lr_grid: tuple[str, Path]) -> None:
+    uri, workdir = lr_grid
+    out = workdir / "reports"
+    done = subprocess.run([sys.executable, "-m", "tlbench", "report", "--tracking-uri", uri,
+                           "--tune", "trainer.lr", "--out", str(out)],
+                          cwd=workdir, env=os.environ | {"PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Tuned trainer.lr on val_accuracy per configuration" in done.stdout
+    (path,) = out.glob("*.md")
+    ranking = path.read_text(encoding="utf-8").split("## Ranking by")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in table_cells(line)] for line in ranking.splitlines()
+            if re.match(r"\| \d+ \| ", line)]
+    chosen = {row[2].replace("\\_", "_"): row[4] for row in rows}
+    assert chosen == best_lr_on_validation(uri)
+    assert [row[5] for row in rows] == ["2", "2"]
+
+
+def test_tune_on_a_key_the_runs_lack_is_one_line_and_status_1(
+        lr_grid: tuple[str, Path], capsys: pytest.CaptureFixture) -> None:
+    uri, workdir = lr_grid
+    out = workdir / "refused"
+    assert report_main(["--tracking-uri", uri, "--tune", "trainer.lr,optimizer.lr",
+                        "--out", str(out)]) == 1
+    stderr = capsys.readouterr().err
+    assert stderr == ("tlbench.report: error: --tune optimizer.lr: not a param of the sweep's "
+                      "runs; did you mean trainer.lr?\n")
+    assert not out.exists()

@@ -236,9 +236,9 @@ def ranking(analysis: Analysis, source: Source) -> str:
     untuned = untuned_hyperparameters(shown)
     if untuned:
         names = escape(", ".join(untuned))
-        lines += [f"{names} vary and are not tuned: each value is its own configuration, "
-                  f"compared on {escape(source.metric)}. To choose them on validation instead, "
-                  f"rerun with `--tune {names}`.", ""]
+        lines += [f"Swept and not tuned: {names}. Each value is a configuration of its own, "
+                  f"compared on {escape(source.metric)}; to choose on validation instead, "
+                  f"report with --tune {escape(','.join(untuned))}.", ""]
     if len(ranked) < len(summary):
         lines += [f"Top {len(ranked)} of {len(summary)} configurations (`--top`).", ""]
     lines.append(table(headers, rows, "r" + "l" * (len(shown) + len(tuned)) + "r" * 8 + "l"))
