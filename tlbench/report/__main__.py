@@ -1,7 +1,7 @@
 """`python -m tlbench.report`: rank a sweep's configurations from MLflow into a markdown report.
 
 connect -> experiment -> sweep (given or latest) -> fetch runs (and the experiment's score runs)
--> aggregate -> plots -> markdown.
+-> aggregate (after --tune, on validation) -> plots -> markdown.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ Rank a tlbench sweep's configurations by the mean of a metric over seeds, with 9
 MLflow; write <out>/<experiment>-<sweep>.md with its PNG plots beside it."""
 EPILOG = """\
 A configuration is every logged param except the seed; its seeds are replicates.
-Score runs of `python -m tlbench rank` (tag tlbench.kind=score) in the experiment are set beside
-the accuracies they predict, with Kendall's tau per strategy and size.
+Score runs of `python -m tlbench rank` (tag tlbench.kind=score) of the current scores version
+(tag scores.version) in the experiment are set beside the accuracies they predict, with Kendall's
+tau per strategy and size, and the tau of model size (params, FLOPs where logged) as a baseline.
 Statistical ties: configurations whose 95% CI overlaps the leader's are marked "tied".
 Nothing is selected on test: --tune chooses hyperparameters on val_accuracy (the validation
 split), then ranks the chosen values by --metric; without --tune every value of a swept

@@ -333,7 +333,9 @@ def unfinished_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Everything the report shows, computed from a sweep's run table for one metric."""
+    """Everything the report shows, computed from a sweep's run table for one metric. With
+    `tuned` params, `summary` holds only their chosen values (a column each, beside `shown`) and
+    `choices` every candidate (see `tune_on_validation`)."""
 
     runs: pd.DataFrame
     shown: list[str]
