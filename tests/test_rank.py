@@ -117,7 +117,8 @@ def test_sweep_reuses_the_features_and_the_report_joins_the_scores(ranked):
     assert cells[2] == "3"
     for cell in cells[3:5]:  # logme, hscore: a tau over 3 backbones (or tied accuracies)
         assert re.fullmatch(r"[+-]\d\.\d\d \(p=\d\.\d\d\)|undefined \(constant\)", cell), cell
-    assert cells[5:] == ["not meaningful (0 backbones)"] * 2
+    assert cells[5:7] == ["not meaningful (0 backbones)"] * 2
+    assert re.fullmatch(r"[+-]\d\.\d\d \(p=\d\.\d\d\)|undefined \(constant\)", cells[7]), cells[7]
     assert re.search(r"!\[Scores vs test\\_accuracy\]\(.*scores-vs-accuracy\.png\)", section)
 
 

@@ -35,6 +35,7 @@ from scipy import stats as scipy_stats
 from tlbench.errors import TlbenchError
 from tlbench.report import fetch, render, stats
 from tlbench.report.__main__ import main as report_main
+from tlbench.scores import SCORES_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -55,6 +56,7 @@ TRANSFER = {  # label -> (backbone, strategy, size, n_train, [(seed, accuracy, f
 }
 TRAINABLE = {("resnet50", "feature_extraction"): 20_490, ("mobilenetv2", "feature_extraction"):
              12_810}
+CURRENT = str(SCORES_VERSION)
 LABELS = {key: f"{b} · {s} · {size}" for key, (b, s, size, _, _) in TRANSFER.items()}
 
 
@@ -452,9 +454,10 @@ def test_cli_bad_input_exits_nonzero_without_traceback(store: tuple[str, MlflowC
 def test_cli_help_documents_every_option(tmp_path: Path) -> None:
     done = cli("--help", cwd=tmp_path)
     for option in ("--experiment", "--sweep", "--out", "--tracking-uri", "--metric", "--filter",
-                   "--top"):
+                   "--top", "--tune"):
         assert option in done.stdout
     assert "MLFLOW_TRACKING_URI" in done.stdout and "backticks" in done.stdout
+    assert "Nothing is selected on test" in done.stdout
 
 
 # Transferability scores beside the accuracy reached (score runs of `python -m tlbench rank`).
@@ -463,12 +466,19 @@ def test_cli_help_documents_every_option(tmp_path: Path) -> None:
 # score runs (no sweep_id) for the same bases, data and seeds, plus one for a seed the sweep never
 # trained and an older duplicate that the later one replaces. LogME orders size 10 exactly as the
 # accuracies (tau +1), H-score exactly backwards (-1), LEEP exists for two backbones only.
+# Score runs carry scores.version = SCORES_VERSION; the latest run of resnet50 at size 10 seed 0 is
+# untagged (version 1) and one more is tagged "1": both must be left out, not replace the scores.
+# Baselines: params_total (logged by the trained runs) orders size 10 resnet50 > vgg16 >
+# mobilenetv2, tau +1/3 against the accuracies; flops (logged by the score runs only) vgg16 >
+# resnet50 > mobilenetv2, tau -1/3.
 SCORED_ACCURACY = {("resnet50", "10"): (0.90, 0.92), ("mobilenetv2", "10"): (0.80, 0.82),
                    ("vgg16", "10"): (0.70, 0.74), ("resnet50", "all"): (0.95, 0.97),
                    ("mobilenetv2", "all"): (0.93, 0.93)}
 SCORES = {"resnet50": {"logme": 3.0, "hscore": 1.0, "leep": -0.5},
           "mobilenetv2": {"logme": 2.0, "hscore": 2.0, "leep": -0.9},
           "vgg16": {"logme": 1.0, "hscore": 3.0}}
+PARAMS_TOTAL = {"resnet50": 23_600_000, "mobilenetv2": 2_270_000, "vgg16": 14_700_000}
+FLOPS = {"resnet50": 4.1e9, "mobilenetv2": 0.3e9, "vgg16": 15.5e9}
 
 
 @pytest.fixture(scope="module")
@@ -484,7 +494,7 @@ def scored_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, MlflowC
             params = run_params(backbone, "feature_extraction", size, seed)
             log_run(client, experiment, f"{backbone}-fe-n{size}-s{seed}", start, "FINISHED",
                     params, {"test_accuracy": accuracy, "n_train": 100 if size == "10" else 600,
-                             "fit_seconds": 1.0},
+                             "fit_seconds": 1.0, "params_total": PARAMS_TOTAL[backbone]},
                     {"sweep_id": "sweep-s",
                      "config_hash": config_hash(backbone, "feature_extraction", size, seed)})
             score_params = {k: v for k, v in params.items() if not k.startswith(("strategy.",
@@ -492,17 +502,24 @@ def scored_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, MlflowC
             for late, shift in ((0, 5.0), (1, 0.0)):  # the later run replaces the earlier one
                 log_run(client, experiment, f"score-{backbone}-n{size}-s{seed}",
                         start + 100 + late, "FINISHED", score_params,
-                        {name: value + shift for name, value in SCORES[backbone].items()},
-                        {"tlbench.kind": "score",
+                        {name: value + shift for name, value in SCORES[backbone].items()}
+                        | {"flops": FLOPS[backbone]},
+                        {"tlbench.kind": "score", "scores.version": CURRENT,
                          "config_hash": f"score-{backbone}-{size}-{seed}"})
     log_run(client, experiment, "score-vgg16-n10-s7", start + 5000, "FINISHED",
             run_params("vgg16", "feature_extraction", "10", 7) | {"strategy.name": "x"},
-            {"logme": 99.0}, {"tlbench.kind": "score", "config_hash": "score-vgg16-10-7"})
+            {"logme": 99.0}, {"tlbench.kind": "score", "scores.version": CURRENT,
+                              "config_hash": "score-vgg16-10-7"})
+    for name, version in (("untagged", {}), ("tagged-1", {"scores.version": "1"})):
+        log_run(client, experiment, f"score-resnet50-n10-s0-{name}", start + 5500, "FINISHED",
+                run_params("resnet50", "feature_extraction", "10", 0), {"logme": -99.0},
+                {"tlbench.kind": "score", "config_hash": "score-resnet50-10-0"} | version)
     # A score run that carries the sweep's id must still stay out of the trained-run tables.
     log_run(client, experiment, "score-tagged", start + 6000, "FINISHED",
             {"backbone.name": "vgg16", "strategy.name": "feature_extraction",
              "data.train_size": "10", "seed": "0"}, {"logme": 1.0},
-            {"tlbench.kind": "score", "sweep_id": "sweep-s", "config_hash": "tagged"})
+            {"tlbench.kind": "score", "scores.version": CURRENT, "sweep_id": "sweep-s",
+             "config_hash": "tagged"})
     return uri, client, experiment
 
 
@@ -531,6 +548,43 @@ def test_scores_join_the_accuracy_they_predict(scored: stats.Analysis) -> None:
     assert np.isnan(ten.loc["vgg16", "leep"])
 
 
+def test_score_runs_of_another_version_are_left_out(scored: stats.Analysis) -> None:
+    resnet = scored.scores.points.set_index(["backbone.name", "data.train_size"]).loc[
+        ("resnet50", "10")]
+    assert resnet["logme"] == 3.0 and resnet["score_n"] == 2  # not the later -99 of version 1
+    assert scored.scores.other_version == 2
+
+
+def test_current_version_treats_untagged_runs_as_version_1() -> None:
+    runs = pd.DataFrame({"tags.scores.version": [CURRENT, None, "1", f" {CURRENT} ", "3"]})
+    current, other = stats.current_version(runs)
+    assert current.index.tolist() == [0, 3] and other == 3
+    assert stats.current_version(pd.DataFrame({"run_id": ["a"]}))[1] == 1
+
+
+def test_model_size_baselines_get_their_own_tau(scored: stats.Analysis) -> None:
+    taus = scored.scores.taus.set_index("data.train_size")
+    accuracy = [0.91, 0.81, 0.72]  # resnet50, mobilenetv2, vgg16
+    expected = scipy_stats.kendalltau([23_600_000, 2_270_000, 14_700_000], accuracy)
+    assert taus.loc["10", "params_total_tau"] == pytest.approx(expected.statistic)
+    assert taus.loc["10", "params_total_tau"] == pytest.approx(1 / 3)
+    assert taus.loc["10", "params_total_p"] == pytest.approx(expected.pvalue)
+    # FLOPs are logged by the score runs only: the baseline falls back on them.
+    assert taus.loc["10", "flops_tau"] == pytest.approx(-1 / 3)
+    assert taus.loc["all", "params_total_k"] == 2
+
+
+def test_baselines_that_no_run_logged_are_left_out_silently(
+        scored_store: tuple[str, MlflowClient, str]) -> None:
+    _, client, experiment = scored_store
+    runs = fetch.fetch_runs(client, experiment, fetch.sweep_filter("sweep-s", None))
+    score_runs = fetch.fetch_runs(client, experiment, fetch.SCORE_FILTER)
+    analysis = stats.analyse(runs, "test_accuracy", score_runs.drop(columns="metrics.flops"))
+    source = render.Source("tlbench", "sweep-s", "sqlite://", "test_accuracy")
+    section = render.scores_vs_accuracy(analysis, source, {"scores-vs-accuracy": "x.png"})
+    assert "params tau |" in section and "FLOPs" not in section
+
+
 def test_kendall_tau_per_strategy_and_size(scored: stats.Analysis) -> None:
     taus = scored.scores.taus.set_index("data.train_size")
     assert taus.loc["10", "backbones"] == 3
@@ -552,12 +606,18 @@ def test_report_section_says_when_tau_is_not_meaningful(
     rows = {cells[1].strip(): [c.strip() for c in cells[2:]] for cells in
             (table_cells(line) for line in section.splitlines()
              if line.startswith(r"| feature\_extraction"))}
+    assert "| data.train\\_size | backbones | logme tau | hscore tau | leep tau | nce tau | " \
+        "params tau | FLOPs tau |" in section
     assert rows["10"] == ["3", "+1.00 (p=0.33)", "-1.00 (p=0.33)", "not meaningful (2 backbones)",
-                          "not meaningful (0 backbones)"]
+                          "not meaningful (0 backbones)", "+0.33 (p=1.00)", "-0.33 (p=1.00)"]
     assert rows["all"][0] == "2" and set(rows["all"][1:]) == {"not meaningful (2 backbones)",
                                                               "not meaningful (0 backbones)"}
     assert "nan" not in section.lower()
-    assert "| resnet50 | imagenet | 2 | 0.910 | 2 | 3.000 | 1.000 | -0.500 | – |" in section
+    assert ("| resnet50 | imagenet | 2 | 0.910 | 2 | 3.000 | 1.000 | -0.500 | – | 23,600,000 | "
+            "4,100,000,000 |") in section
+    assert (f"Score runs of scores version {SCORES_VERSION} only (tag scores.version; untagged "
+            "runs are version 1): 2 score run(s) of another version left out") in section
+    assert "Left out 2 score runs of another scores version" in done.stdout
     (image,) = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section)
     with Image.open(tmp_path / image) as picture:
         picture.verify()
@@ -592,3 +652,157 @@ def test_fit_time_includes_the_frozen_features_a_run_paid_for(tmp_path):
     })
     tidy = tidy_runs(runs, "test_accuracy").set_index("data.train_size")
     assert tidy.loc["5", "fit_seconds"] == 5.0 and tidy.loc["10", "fit_seconds"] == 1.0
+
+
+# Hyperparameters chosen on validation (--tune), on known numbers.
+
+def tuning_runs() -> pd.DataFrame:
+    """Two configurations x two learning rates x two seeds, plus a third configuration without
+    val_accuracy. resnet50: lr 0.01 has the better mean val (.65 vs .60) but the worse test
+    (.30 vs .90), so only a selection on test would pick 0.001. mobilenetv2: both lrs tie on
+    val (.50), so the first in numeric order (0.0001 before 0.001) is chosen."""
+    rows = []
+    table = {("resnet50", "0.001"): [(0.5, 0.9), (0.7, 0.9)],
+             ("resnet50", "0.01"): [(0.65, 0.3), (0.65, 0.3)],
+             ("mobilenetv2", "0.001"): [(0.4, 0.6), (0.6, 0.6)],
+             ("mobilenetv2", "0.0001"): [(0.5, 0.2), (0.5, 0.2)],
+             ("vgg16", "0.001"): [(np.nan, 0.5), (np.nan, 0.5)]}
+    for (backbone, lr), seeds in table.items():
+        for seed, (val, test) in enumerate(seeds):
+            rows.append({"run_id": f"{backbone}-{lr}-{seed}", "status": "FINISHED",
+                         "start_time": len(rows), "params.backbone.name": backbone,
+                         "params.strategy.name": "feature_extraction",
+                         "params.data.train_size": "10", "params.trainer.lr": lr,
+                         "params.seed": str(seed), "metrics.val_accuracy": val,
+                         "metrics.test_accuracy": test})
+    return pd.DataFrame(rows)
+
+
+def test_tune_chooses_on_validation_never_on_test() -> None:
+    analysis = stats.analyse(tuning_runs(), "test_accuracy", tune=["trainer.lr"])
+    chosen = analysis.summary.set_index("backbone.name")
+    assert chosen["trainer.lr"].to_dict() == {"resnet50": "0.01", "mobilenetv2": "0.0001"}
+    assert chosen["mean"].to_dict() == pytest.approx({"resnet50": 0.3, "mobilenetv2": 0.2})
+    assert chosen["n"].tolist() == [2, 2]
+    assert analysis.shown == ["backbone.name", "strategy.name", "data.train_size"]
+    choices = analysis.choices.set_index(["backbone.name", "trainer.lr"])
+    assert choices.loc[("resnet50", "0.001"), "val_mean"] == pytest.approx(0.6)
+    assert not choices.loc[("vgg16", "0.001"), "chosen"]  # no val_accuracy: left out
+
+
+def test_without_tune_every_learning_rate_is_its_own_configuration() -> None:
+    analysis = stats.analyse(tuning_runs(), "test_accuracy")
+    assert len(analysis.summary) == 5 and "trainer.lr" in analysis.shown
+    assert stats.untuned_hyperparameters(analysis.shown) == ["trainer.lr"]
+
+
+def test_tuning_section_and_ranking_show_the_chosen_values() -> None:
+    analysis = stats.analyse(tuning_runs(), "test_accuracy", tune=["trainer.lr"])
+    source = render.Source("tlbench", "sweep-t", "sqlite://", "test_accuracy")
+    section = render.tuning(analysis)
+    assert ("| resnet50 | feature\\_extraction | 10 | 0.01 | 0.001: 0.600 (2) · "
+            "0.01: 0.650 (2) ★ |") in section
+    assert "1 configuration(s) logged no val\\_accuracy: left out of the ranking." in section
+    ranking = render.ranking(analysis, source)
+    assert "| rank | backbone.name | strategy.name | data.train\\_size | trainer.lr (chosen on " \
+           "val) | n |" in ranking
+    assert "| 1 | resnet50 | feature\\_extraction | 10 | 0.01 | 2 | 0.300 |" in ranking
+    assert "Swept and not tuned" not in ranking
+    header = render.header(analysis, source)
+    assert "- **Splits:** ranked test\\_accuracy: test; test\\_macro\\_f1: test; " \
+           "val\\_accuracy: validation (used only by --tune and early stopping); " \
+           "train\\_accuracy: the train subset. Nothing is selected on test" in header
+    assert "- **Tuned:** trainer.lr, per configuration, by the best mean val\\_accuracy" in header
+
+
+def test_untuned_swept_learning_rate_points_to_tune() -> None:
+    analysis = stats.analyse(tuning_runs(), "test_accuracy")
+    source = render.Source("tlbench", "sweep-t", "sqlite://", "test_accuracy")
+    assert ("Swept and not tuned: trainer.lr. Each value is a configuration of its own, "
+            "compared on test\\_accuracy; to choose on validation instead, report with --tune "
+            "trainer.lr.") in render.ranking(analysis, source)
+    assert "- **Tuned:** nothing" in render.header(analysis, source)
+
+
+@pytest.mark.parametrize(("tune", "message"), [
+    (["trainer.lrr"], "--tune trainer.lrr: not a param of the sweep's runs; did you mean "
+                      "trainer.lr?"),
+    (["zzz"], "--tune zzz: not a param of the sweep's runs; params swept here: trainer.lr"),
+    (["seed"], "--tune seed: seeds are replicates"),
+    (["strategy.name"], "--tune strategy.name: backbone.name, strategy.name, data.train_size are "
+                        "what the report compares"),
+])
+def test_tune_refuses_what_it_cannot_tune(tune: list[str], message: str) -> None:
+    with pytest.raises(TlbenchError, match=re.escape(message)):
+        stats.analyse(tuning_runs(), "test_accuracy", tune=tune)
+
+
+# --tune on a real learning-rate grid: a tiny multirun through the CLI into sqlite.
+
+LR_GRID = ("0.0001", "0.01")
+
+
+@pytest.fixture(scope="module")
+def lr_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(tracking URI, workdir) of a real multirun: a dense head on pixels (the fastest real
+    training there is, ~2 s a job) x 2 sizes x 2 lrs x 2 seeds, 1 epoch."""
+    workdir = tmp_path_factory.mktemp("lr-grid")
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tlbench", "-m", "backbone=pixels", "strategy=feature_extraction",
+         f"trainer.lr={','.join(LR_GRID)}", "seed=0,1", "data.train_size=5,10",
+         "trainer.epochs=1", "trainer.patience=null", "data.input_size=32",
+         f"tracking.uri={uri}"],
+        cwd=workdir, env=env | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return uri, workdir
+
+
+def best_lr_on_validation(uri: str) -> dict[str, tuple[str, str]]:
+    """Per training-set size, the lr with the best mean val_accuracy over seeds (ties: the
+    smaller lr) and its mean test_accuracy, straight from MLflow's runs."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tlbench").experiment_id
+    val: dict[tuple[str, str], list[float]] = {}
+    test: dict[tuple[str, str], list[float]] = {}
+    for run in client.search_runs([experiment]):
+        key = (run.data.params["data.train_size"], run.data.params["trainer.lr"])
+        val.setdefault(key, []).append(run.data.metrics["val_accuracy"])
+        test.setdefault(key, []).append(run.data.metrics["test_accuracy"])
+    assert all(len(seeds) == 2 for seeds in val.values()) and len(val) == 4
+    best = {size: max(LR_GRID, key=lambda lr: (np.mean(val[(size, lr)]), -float(lr)))
+            for size, _ in val}
+    return {size: (lr, f"{np.mean(test[(size, lr)]):.3f}") for size, lr in best.items()}
+
+
+def test_tune_on_a_real_lr_grid_picks_the_best_mean_val_accuracy(
+        lr_grid: tuple[str, Path]) -> None:
+    uri, workdir = lr_grid
+    out = workdir / "reports"
+    done = subprocess.run([sys.executable, "-m", "tlbench", "report", "--tracking-uri", uri,
+                           "--tune", "trainer.lr", "--out", str(out)],
+                          cwd=workdir, env=os.environ | {"PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Tuned trainer.lr on val_accuracy per configuration" in done.stdout
+    (path,) = out.glob("*.md")
+    ranking = path.read_text(encoding="utf-8").split("## Ranking by")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in table_cells(line)] for line in ranking.splitlines()
+            if re.match(r"\| \d+ \| ", line)]
+    chosen = {row[3]: (row[4], row[6]) for row in rows}
+    assert chosen == best_lr_on_validation(uri)
+    assert [row[5] for row in rows] == ["2", "2"]
+
+
+def test_tune_on_a_key_the_runs_lack_is_one_line_and_status_1(
+        lr_grid: tuple[str, Path], capsys: pytest.CaptureFixture) -> None:
+    uri, workdir = lr_grid
+    out = workdir / "refused"
+    assert report_main(["--tracking-uri", uri, "--tune", "trainer.lr,optimizer.lr",
+                        "--out", str(out)]) == 1
+    stderr = capsys.readouterr().err
+    assert stderr == ("tlbench.report: error: --tune optimizer.lr: not a param of the sweep's "
+                      "runs; did you mean trainer.lr?\n")
+    assert not out.exists()

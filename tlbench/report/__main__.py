@@ -1,7 +1,7 @@
 """`python -m tlbench.report`: rank a sweep's configurations from MLflow into a markdown report.
 
 connect -> experiment -> sweep (given or latest) -> fetch runs (and the experiment's score runs)
--> aggregate -> plots -> markdown.
+-> aggregate (after --tune, on validation) -> plots -> markdown.
 """
 
 from __future__ import annotations
@@ -20,12 +20,17 @@ Rank a tlbench sweep's configurations by the mean of a metric over seeds, with 9
 MLflow; write <out>/<experiment>-<sweep>.md with its PNG plots beside it."""
 EPILOG = """\
 A configuration is every logged param except the seed; its seeds are replicates.
-Score runs of `python -m tlbench rank` (tag tlbench.kind=score) in the experiment are set beside
-the accuracies they predict, with Kendall's tau per strategy and size.
+Score runs of `python -m tlbench rank` (tag tlbench.kind=score) of the current scores version
+(tag scores.version) in the experiment are set beside the accuracies they predict, with Kendall's
+tau per strategy and size, and the tau of model size (params, FLOPs where logged) as a baseline.
 Statistical ties: configurations whose 95% CI overlaps the leader's are marked "tied".
+Nothing is selected on test: --tune chooses hyperparameters on val_accuracy (the validation
+split), then ranks the chosen values by --metric; without --tune every value of a swept
+hyperparameter is a configuration of its own, compared on --metric.
 An unreachable tracking server fails after one retry ($MLFLOW_HTTP_REQUEST_MAX_RETRIES).
-Example: python -m tlbench.report --sweep multirun_2025-01-01_12-00-00-1a2b3c \\
+Examples: python -m tlbench.report --sweep multirun_2025-01-01_12-00-00-1a2b3c \\
   --filter "params.`backbone.name` = 'resnet50'" --out reports/
+  python -m tlbench report --tune trainer.lr,strategy.lr_scale   (after -m +sweep=tuned)
 """
 
 
@@ -34,6 +39,14 @@ def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def param_names(text: str) -> tuple[str, ...]:
+    """argparse type for a comma-separated list of param names, e.g. 'trainer.lr,seed'."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated param names, got {text!r}")
+    return tuple(dict.fromkeys(names))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=positive_int, metavar="N",
                         help="show only the N best configurations in the ranking table "
                              "(default: all)")
+    parser.add_argument("--tune", type=param_names, default=(), metavar="KEY[,KEY...]",
+                        help="params to choose on validation, e.g. trainer.lr: per "
+                             "configuration, the value(s) with the best mean val_accuracy over "
+                             "seeds are kept and ranked by --metric (default: none)")
     return parser.parse_args(argv)
 
 
@@ -72,13 +89,13 @@ def write_report(args: argparse.Namespace) -> Path:
     """Fetch the sweep's runs, aggregate them and write the markdown report and plots."""
     # Imported here so that --help and argument errors answer without loading MLflow or plots.
     from tlbench.report import fetch, plots, render, stats
-    from tlbench.store import resolve_tracking_uri
+    from tlbench.store import redact, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     client = fetch.connect(uri)
     experiment = fetch.experiment_id(client, args.experiment)
     sweep_id = args.sweep or fetch.latest_sweep_id(client, experiment)
-    print(f"Fetching sweep {sweep_id} of experiment {args.experiment} from {uri}")
+    print(f"Fetching sweep {sweep_id} of experiment {args.experiment} from {redact(uri)}")
     started = time.perf_counter()
     runs = fetch.fetch_runs(client, experiment, fetch.sweep_filter(sweep_id, args.filter),
                             on_page=lambda count: print(f"  {count} runs fetched"))
@@ -90,8 +107,12 @@ def write_report(args: argparse.Namespace) -> Path:
     score_runs = fetch.fetch_runs(client, experiment, fetch.SCORE_FILTER)
     print(f"Fetched {len(score_runs)} score runs (python -m tlbench rank) of the experiment")
 
-    analysis = stats.analyse(runs, args.metric, score_runs)
+    analysis = stats.analyse(runs, args.metric, score_runs, args.tune)
+    if analysis.tuned:
+        print(f"Tuned {', '.join(analysis.tuned)} on {stats.SELECTION_METRIC} per configuration")
     print(f"Aggregated {len(analysis.summary)} configurations")
+    if analysis.scores is not None and analysis.scores.other_version:
+        print(f"Left out {analysis.scores.other_version} score runs of another scores version")
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = report_stem(args.experiment, sweep_id)

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
 from tlbench.errors import TlbenchError
+from tlbench.store import redact
 
 PAGE_SIZE = 1000
 
@@ -42,7 +43,7 @@ def connect(uri: str) -> MlflowClient:
     """A client for `uri`; a local store must already exist (MLflow would silently create one)."""
     path = local_store_path(uri)
     if path is not None and not path.exists():
-        raise TlbenchError(f"no MLflow tracking store at {path} (tracking URI {uri})")
+        raise TlbenchError(f"no MLflow tracking store at {path} (tracking URI {redact(uri)})")
     with store_errors(f"cannot open tracking store {uri}"):
         return MlflowClient(tracking_uri=uri)
 
@@ -53,7 +54,7 @@ def store_errors(action: str) -> Iterator[None]:
     try:
         yield
     except (MlflowException, SQLAlchemyError, OSError) as error:
-        raise TlbenchError(f"{action}: {_first_line(error)}") from None
+        raise TlbenchError(redact(f"{action}: {_first_line(error)}")) from None
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

@@ -11,8 +11,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tlbench.report.stats import (
+    BASELINES,
     MIN_TAU_POINTS,
     SCORE_NAMES,
+    SCORES_VERSION_TAG,
+    SELECTION_METRIC,
+    SPLITS,
     STRATEGY,
     Analysis,
     config_label,
@@ -22,10 +26,14 @@ from tlbench.report.stats import (
     ordered_groups,
     status_counts,
     unfinished_runs,
+    untuned_hyperparameters,
 )
+from tlbench.scores import SCORES_VERSION
+from tlbench.store import redact
 
 _MARKUP = re.compile(r"([\\`*_\[\]|~#$!])")
 GRID_VALUES_SHOWN = 24
+BASELINE_TITLES = {"params_total": "params", "flops": "FLOPs"}
 REPRODUCED = 3
 VERSION_TAGS = (("tlbench", "tlbench_version"), ("git commit", "git_commit"),
                 ("TensorFlow", "tensorflow_version"), ("Keras", "keras_version"),
@@ -123,6 +131,8 @@ def render_markdown(analysis: Analysis, source: Source, plots: dict[str, str]) -
     if analysis.summary.empty:
         sections.append(f"No finished run logged **{escape(source.metric)}**: nothing to rank.")
     else:
+        if analysis.tuned:
+            sections.append(tuning(analysis))
         sections += [ranking(analysis, source), per_size(analysis, source, plots),
                      versus_scratch(analysis, source), pareto(analysis, source, plots)]
         if analysis.scores is not None:
@@ -146,7 +156,9 @@ def header(analysis: Analysis, source: Source) -> str:
         f"Configurations ranked by mean **{escape(source.metric)}** over seeds (higher is "
         "better), with 95% Student-t confidence intervals.",
         "",
-        f"- **Tracking store:** {escape(source.tracking_uri)}",
+        f"- **Splits:** {splits_line(source.metric)}",
+        f"- **Tuned:** {tuned_line(analysis.tuned)}",
+        f"- **Tracking store:** {escape(redact(source.tracking_uri))}",
         f"- **Runs:** {len(runs)}: {finished} finished, {failed} failed, {other} other "
         "(killed or still running)",
         f"- **Started:** {timestamp(runs['start_time'].min())} to "
@@ -158,9 +170,28 @@ def header(analysis: Analysis, source: Source) -> str:
     if source.filter:
         lines.append(f"- **Filter:** {escape(source.filter)}")
     rows = [(name, len(values), _abridged(values))
-            for name, values in grid(runs, analysis.shown).items()]
+            for name, values in grid(runs, [*analysis.shown, *analysis.tuned]).items()]
     lines += ["", "### Grid", "", table(["param", "values", "distinct values"], rows, "lrl")]
     return "\n".join(lines)
+
+
+def splits_line(metric: str) -> str:
+    """Which split each metric comes from, the ranked one first, and that test picks nothing."""
+    ranked = SPLITS.get(metric, "as logged by the runs")
+    others = "; ".join(f"{escape(name)}: {split}" for name, split in SPLITS.items()
+                       if name != metric)
+    return (f"ranked {escape(metric)}: {ranked}; {others}. Nothing is selected on test: a "
+            "ranking of fixed configurations by a test metric is a comparison, and "
+            "hyperparameters are chosen on validation only (`--tune`).")
+
+
+def tuned_line(tuned: Sequence[str]) -> str:
+    """What --tune chose, and on which metric, or that nothing was tuned."""
+    if not tuned:
+        return "nothing (`--tune KEY,...` chooses hyperparameters on validation)"
+    return (f"{escape(', '.join(tuned))}, per configuration, by the best mean "
+            f"{escape(SELECTION_METRIC)} over seeds (validation split); only the chosen "
+            "values' runs are ranked")
 
 
 def _abridged(values: list[str]) -> str:
@@ -192,19 +223,57 @@ def ranking_verdict(summary: pd.DataFrame, shown: list[str]) -> str:
 
 def ranking(analysis: Analysis, source: Source) -> str:
     """The ranked configuration table with seed statistics, costs and tie verdicts."""
-    summary, shown = analysis.summary, analysis.shown
+    summary, shown, tuned = analysis.summary, analysis.shown, list(analysis.tuned)
     ranked = summary.head(source.top) if source.top else summary
-    headers = ["rank", *shown, "n", "mean", "std", "95% CI", "fit s", "trainable params",
-               "total params", "metric per fit s", "vs leader"]
-    rows = [(row["rank"], *(row[c] for c in shown), row["n"], number(row["mean"], ".3f"),
+    headers = ["rank", *shown, *chosen_headers(tuned), "n", "mean", "std", "95% CI", "fit s",
+               "trainable params", "total params", "metric per fit s", "vs leader"]
+    rows = [(row["rank"], *(row[c] for c in [*shown, *tuned]), row["n"],
+             number(row["mean"], ".3f"),
              number(row["std"], ".3f"), plus_minus(row["ci"]), number(row["fit_seconds"], ".1f"),
              number(row["params_trainable"], ",.0f"), number(row["params_total"], ",.0f"),
              number(row["per_second"], ".3g"), row["verdict"])
             for _, row in ranked.iterrows()]
     lines = [f"## Ranking by {escape(source.metric)}", "", ranking_verdict(summary, shown), ""]
+    untuned = untuned_hyperparameters(shown)
+    if untuned:
+        names = escape(", ".join(untuned))
+        lines += [f"Swept and not tuned: {names}. Each value is a configuration of its own, "
+                  f"compared on {escape(source.metric)}; to choose on validation instead, "
+                  f"report with --tune {escape(','.join(untuned))}.", ""]
     if len(ranked) < len(summary):
         lines += [f"Top {len(ranked)} of {len(summary)} configurations (`--top`).", ""]
-    lines.append(table(headers, rows, "r" + "l" * len(shown) + "r" * 8 + "l"))
+    lines.append(table(headers, rows, "r" + "l" * (len(shown) + len(tuned)) + "r" * 8 + "l"))
+    return "\n".join(lines)
+
+
+def chosen_headers(tuned: Sequence[str]) -> list[str]:
+    """Column titles for the values --tune chose on validation."""
+    return [f"{key} (chosen on val)" for key in tuned]
+
+
+def tuning(analysis: Analysis) -> str:
+    """Every tuned candidate's mean val_accuracy per configuration, the chosen one starred."""
+    choices, shown, tuned = analysis.choices, analysis.shown, list(analysis.tuned)
+    rows, unchosen = [], 0
+    for key, candidates in choices.groupby(shown, sort=False):
+        cells = " · ".join(
+            f"{', '.join(map(str, c[tuned]))}: {number(c['val_mean'], '.3f')} ({c['val_n']})"
+            + (" ★" if c["chosen"] else "") for _, c in candidates.iterrows())
+        chosen = candidates[candidates["chosen"]]
+        unchosen += chosen.empty
+        picked = "none (no val_accuracy)" if chosen.empty else ", ".join(
+            map(str, chosen.iloc[0][tuned]))
+        rows.append((*key, picked, cells))
+    metric = escape(SELECTION_METRIC)
+    lines = ["## Tuned on validation", "",
+             f"{escape(', '.join(tuned))} chosen per configuration by the best mean {metric} "
+             "over seeds (ties: the first value); the test metric plays no part. Candidates: "
+             f"value: mean {metric} (seeds), ★ = chosen.", ""]
+    if unchosen:
+        lines += [f"{unchosen} configuration(s) logged no {metric}: left out of the ranking.",
+                  ""]
+    lines.append(table([*shown, *chosen_headers(tuned), "candidates"], rows,
+                       "l" * len(shown) + "ll"))
     return "\n".join(lines)
 
 
@@ -224,7 +293,8 @@ def per_size(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
     by = data_columns(analysis.shown)
     rest = [c for c in analysis.shown if c not in by]
     winners = analysis.winners
-    rows = [(*(row[c] for c in by), number(row["n_train"], ".0f"), config_label(row, rest),
+    label = [*rest, *analysis.tuned]
+    rows = [(*(row[c] for c in by), number(row["n_train"], ".0f"), config_label(row, label),
              row["n"], number(row["mean"], ".3f"), plus_minus(row["ci"]),
              "unreplicated" if row["n"] < 2 else "; ".join(row["tied_with"]) or "none")
             for _, row in winners.iterrows()]
@@ -306,16 +376,22 @@ def scores_vs_accuracy(analysis: Analysis, source: Source, plots: dict[str, str]
     size, and the scatter plot."""
     agreement, metric = analysis.scores, escape(source.metric)
     title = "## Scores before training vs accuracy after"
+    versions = version_line(agreement.other_version)
     if agreement.points.empty:
         found = (f"{agreement.found} score run(s) in the experiment, but none has this sweep's "
                  "backbone, weights, data, size and seed" if agreement.found else
-                 "No score runs (tag tlbench.kind=score) in the experiment")
+                 "No score runs (tag tlbench.kind=score) of the current scores version in the "
+                 "experiment")
         return (f"{title}\n\n{found}. Score the sweep's backbones with the same data, sizes and "
-                "seeds: `python -m tlbench rank backbone=a,b,c data.train_size=... seed=...`.")
+                "seeds: `python -m tlbench rank backbone=a,b,c data.train_size=... seed=...`."
+                f"\n\n{versions}")
     group, candidate = agreement.group, agreement.candidate
+    baselines = [b for b in BASELINES if agreement.points[b].notna().any()]
+    compared = [*SCORE_NAMES, *baselines]
+    titles = [*SCORE_NAMES, *(BASELINE_TITLES[b] for b in baselines)]
     taus = [(*(row[c] for c in group), row["backbones"],
              *(tau_cell(row[f"{s}_tau"], row[f"{s}_p"], row[f"{s}_k"], row["backbones"])
-               for s in SCORE_NAMES))
+               for s in compared))
             for _, row in agreement.taus.iterrows()]
     sections = [
         title, "",
@@ -326,22 +402,34 @@ def scores_vs_accuracy(analysis: Analysis, source: Source, plots: dict[str, str]
         f"{MIN_TAU_POINTS} backbones it is not meaningful. Joined on backbone, weights, "
         "pretrain settings, data, training-set size and seed; scratch runs are left out (they do "
         "not start from the scored weights).", "",
-        table([*group, "backbones", *(f"{s} tau" for s in SCORE_NAMES)], taus,
-              "l" * len(group) + "r" + "r" * len(SCORE_NAMES)),
+        f"Baseline: the tau of the backbone's size alone ({', '.join(titles[len(SCORE_NAMES):])}"
+        ", bigger ranked higher). A score that does not beat it tells you no more than model "
+        "size does.", "",
+        versions, "",
+        table([*group, "backbones", *(f"{t} tau" for t in titles)], taus,
+              "l" * len(group) + "r" + "r" * len(compared)),
     ]
     for key, members in ordered_groups(agreement.points, group):
         members = members.sort_values("mean", ascending=False, kind="stable")
         rows = [(*(row[c] for c in candidate), row["n"], number(row["mean"], ".3f"),
-                 row["score_n"], *(number(row[s], ".3f") for s in SCORE_NAMES))
+                 row["score_n"], *(number(row[s], ".3f") for s in SCORE_NAMES),
+                 *(number(row[b], ",.0f") for b in baselines))
                 for _, row in members.iterrows()]
         sections += ["", f"### {escape(' · '.join(map(str, key)))}", "",
                      table([*candidate, "n", f"mean {source.metric}", "seeds scored",
-                            *SCORE_NAMES], rows,
-                           "l" * len(candidate) + "rrr" + "r" * len(SCORE_NAMES))]
+                            *titles], rows,
+                           "l" * len(candidate) + "rrr" + "r" * len(compared))]
     sections += ["", "– = not available (LEEP and NCE need the source model's classifier: "
                      "`backbone.weights=source:<name>` only).",
                  "", f"![Scores vs {metric}]({plots['scores-vs-accuracy']})"]
     return "\n".join(sections)
+
+
+def version_line(other_version: int) -> str:
+    """One line: only score runs of the current scores version are joined, and how many not."""
+    return (f"Score runs of scores version {SCORES_VERSION} only (tag "
+            f"{escape(SCORES_VERSION_TAG)}; untagged runs are version 1): {other_version} score "
+            "run(s) of another version left out, their scores are not comparable.")
 
 
 def reproduce(analysis: Analysis) -> str:

@@ -1,6 +1,7 @@
-"""Pure aggregation of a sweep's runs: per-configuration seed statistics, ties with the leader,
-winners per training-set size, gains over the from-scratch control, Pareto fronts, and how well
-transferability scores (score runs of `python -m tlbench.rank`) ordered the backbones.
+"""Pure aggregation of a sweep's runs: hyperparameters tuned on validation, per-configuration seed
+statistics, ties with the leader, winners per training-set size, gains over the from-scratch
+control, Pareto fronts, and how well transferability scores (score runs of `python -m
+tlbench.rank`, current scores version only) ordered the backbones, beside model size.
 
 Input is the run table of `fetch.fetch_runs` (columns `status`, `params.*`, `metrics.*`, `tags.*`);
 everything here is plain pandas/numpy, with no MLflow and no rendering.
@@ -8,6 +9,8 @@ everything here is plain pandas/numpy, with no MLflow and no rendering.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,16 +19,23 @@ from numpy.typing import ArrayLike
 from scipy import stats as scipy_stats
 
 from tlbench.errors import TlbenchError
+from tlbench.scores import SCORES_VERSION
 
 FINISHED = "FINISHED"
 SCRATCH = "scratch"
 MISSING = "–"
 BACKBONE, STRATEGY, SIZE = "backbone.name", "strategy.name", "data.train_size"
 ALWAYS_SHOWN = (BACKBONE, STRATEGY, SIZE)
-COSTS = ("fit_seconds", "params_trainable", "params_total", "n_train")
-RUN_FIELDS = ("seed", "value", *COSTS, "command")
+COSTS = ("fit_seconds", "params_trainable", "params_total", "n_train", "flops")
+SELECTION_METRIC = "val_accuracy"  # the only metric anything is chosen on; never a test metric
+RUN_FIELDS = ("seed", "value", "selection", *COSTS, "command")
 KIND_TAG, SCORE_KIND = "tlbench.kind", "score"
 SCORE_NAMES = ("logme", "hscore", "leep", "nce")
+BASELINES = ("params_total", "flops")  # model size: the guess a transferability score must beat
+SCORES_VERSION_TAG = "scores.version"  # absent on runs scored before the tag: version 1
+SPLITS = {"test_accuracy": "test", "test_macro_f1": "test",
+          "val_accuracy": "validation (used only by --tune and early stopping)",
+          "train_accuracy": "the train subset"}
 CANDIDATE_FAMILIES = ("backbone.", "pretrain.")  # params that fix a frozen base's weights
 MIN_TAU_POINTS = 3
 
@@ -54,6 +64,7 @@ def tidy_runs(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     tidy = pd.DataFrame({c.removeprefix("params."): done[c].fillna(MISSING) for c in params})
     tidy["seed"] = column(done, "params.seed").fillna(MISSING)
     tidy["value"] = done[f"metrics.{metric}"].astype(float)
+    tidy["selection"] = column(done, f"metrics.{SELECTION_METRIC}").astype(float)
     for cost in COSTS:
         tidy[cost] = column(done, f"metrics.{cost}").astype(float)
     # A run on cached frozen outputs also spent feature_seconds getting them: that is its cost too.
@@ -82,13 +93,58 @@ def _display_rank(name: str) -> tuple[int, bool, bool, str]:
     return (order, name == SIZE, name not in (BACKBONE, STRATEGY), name)
 
 
-def shown_columns(tidy: pd.DataFrame) -> list[str]:
+def shown_columns(tidy: pd.DataFrame, tuned: Sequence[str] = ()) -> list[str]:
     """Params that name a configuration: backbone, strategy, size, and any other param that
-    varies among runs sharing those three (e.g. backbone.weights or data.name when swept)."""
-    others = [c for c in config_columns(tidy) if c not in ALWAYS_SHOWN]
+    varies among runs sharing those three (e.g. backbone.weights or data.name when swept), the
+    `tuned` ones aside (they are chosen per configuration, not part of its name)."""
+    others = [c for c in config_columns(tidy) if c not in (*ALWAYS_SHOWN, *tuned)]
     distinct = tidy.groupby(list(ALWAYS_SHOWN))[others].nunique().max()
     varying = [c for c in others if distinct[c] > 1]
     return sorted([*ALWAYS_SHOWN, *varying], key=_display_rank)
+
+
+def untuned_hyperparameters(shown: list[str]) -> list[str]:
+    """Shown training settings (trainer.*, strategy.* but its name, head.*): swept, so the
+    best-of tables pick them on the ranked metric unless `--tune` picks them on validation."""
+    return [c for c in shown if c.startswith(("trainer.", "strategy.", "head."))
+            and c != STRATEGY]
+
+
+def check_tunable(tidy: pd.DataFrame, tuned: Sequence[str]) -> None:
+    """Refuse a --tune key that is the seed, a compared axis, or not a param of the runs."""
+    params = config_columns(tidy)
+    for key in tuned:
+        if key == "seed":
+            raise TlbenchError("--tune seed: seeds are replicates, averaged over, never tuned")
+        if key in ALWAYS_SHOWN:
+            raise TlbenchError(f"--tune {key}: {', '.join(ALWAYS_SHOWN)} are what the report "
+                               "compares, not hyperparameters; tune e.g. trainer.lr")
+        if key not in params:
+            close = difflib.get_close_matches(key, params, n=1)
+            varying = [c for c in params if tidy[c].nunique() > 1 and c not in ALWAYS_SHOWN]
+            hint = (f"did you mean {close[0]}?" if close else
+                    f"params swept here: {', '.join(varying) or 'none but the compared axes'}")
+            raise TlbenchError(f"--tune {key}: not a param of the sweep's runs; {hint}")
+
+
+def tune_on_validation(tidy: pd.DataFrame,
+                       tuned: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per configuration (all other params), the `tuned` values with the best mean val_accuracy
+    over seeds (ties: the first in natural order). Returns the chosen values' runs and every
+    candidate with `val_n`, `val_mean` and `chosen`; a configuration whose candidates logged no
+    val_accuracy has none chosen and leaves no runs."""
+    tuned = list(tuned)
+    cell = [c for c in config_columns(tidy) if c not in tuned]
+    candidates = tidy.groupby([*cell, *tuned]).agg(
+        val_n=("selection", "count"), val_mean=("selection", "mean")).reset_index()
+    candidates = candidates.sort_values(
+        [*cell, *tuned], key=lambda values: values.map(natural_key), kind="stable",
+        ignore_index=True)
+    eligible = candidates[candidates["val_mean"].notna()]
+    best = eligible.groupby(cell, sort=False)["val_mean"].idxmax()
+    candidates["chosen"] = candidates.index.isin(best.to_numpy())
+    chosen = candidates.loc[candidates["chosen"], [*cell, *tuned]]
+    return tidy.merge(chosen, on=[*cell, *tuned], how="inner"), candidates
 
 
 def data_columns(shown: list[str]) -> list[str]:
@@ -277,7 +333,9 @@ def unfinished_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Everything the report shows, computed from a sweep's run table for one metric."""
+    """Everything the report shows, computed from a sweep's run table for one metric. With
+    `tuned` params, `summary` holds only their chosen values (a column each, beside `shown`) and
+    `choices` every candidate (see `tune_on_validation`)."""
 
     runs: pd.DataFrame
     shown: list[str]
@@ -288,20 +346,30 @@ class Analysis:
     time_front: pd.DataFrame
     params_front: pd.DataFrame
     scores: ScoreAgreement | None = None
+    tuned: tuple[str, ...] = ()
+    choices: pd.DataFrame | None = None
 
 
-def analyse(runs: pd.DataFrame, metric: str, score_runs: pd.DataFrame | None = None) -> Analysis:
+def analyse(runs: pd.DataFrame, metric: str, score_runs: pd.DataFrame | None = None,
+            tune: Sequence[str] = ()) -> Analysis:
     """Aggregate the runs; the result tables are empty when no finished run logged `metric`.
+    With `tune`, those params are first chosen per configuration on validation (`choices`).
     With `score_runs` (the experiment's score runs), also the scores' agreement with `metric`."""
     runs = trained_runs(runs)
     tidy = tidy_runs(runs, metric)
-    shown = shown_columns(tidy)
+    tuned = tuple(tune)
+    check_tunable(tidy, tuned)
+    choices = None
+    if tuned and not tidy.empty:
+        tidy, choices = tune_on_validation(tidy, tuned)
+    shown = shown_columns(tidy, tuned)
     if tidy.empty:
         empty = pd.DataFrame()
-        return Analysis(runs, shown, empty, empty, empty, empty, empty, empty)
+        return Analysis(runs, shown, empty, empty, empty, empty, empty, empty, tuned=tuned,
+                        choices=choices)
     summary = summarize_configs(tidy)
     return Analysis(
-        runs=runs, shown=shown, summary=summary,
+        runs=runs, shown=shown, summary=summary, tuned=tuned, choices=choices,
         winners=winners_by_size(summary, shown),
         by_strategy=strategy_by_size(summary, shown),
         gains=gains_over_scratch(tidy, summary, shown),
@@ -316,29 +384,44 @@ class ScoreAgreement:
     """Transferability scores beside the accuracy reached, per strategy and size.
 
     `points`: one row per (group, backbone): the group and candidate columns, `n` and `mean` of
-    the trained configuration, `score_n` (seeds scored) and each score's mean over those seeds.
-    `taus`: one row per group: `backbones` and, per score, `<score>_tau`, `<score>_p` and
-    `<score>_k` (backbones with that score). `found`: finished score runs in the experiment."""
+    the trained configuration, `score_n` (seeds scored), each score's mean over those seeds and
+    each baseline (params_total, flops: of the trained runs, else of the score runs).
+    `taus`: one row per group: `backbones` and, per score and baseline, `<name>_tau`, `<name>_p`
+    and `<name>_k` (backbones with that value). `found`: finished score runs of the current
+    scores version in the experiment; `other_version`: score runs of another version, left out."""
 
     group: list[str]
     candidate: list[str]
     points: pd.DataFrame
     taus: pd.DataFrame
     found: int
+    other_version: int = 0
 
 
-def score_table(score_runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished score runs, the latest per config_hash: params (seed included) and scores."""
+def current_version(score_runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The score runs of SCORES_VERSION (tag scores.version; untagged runs are version 1), and
+    how many of another version were left out (their scores are not comparable)."""
+    version = column(score_runs, f"tags.{SCORES_VERSION_TAG}").fillna("1").astype(str)
+    current = version.str.strip() == str(SCORES_VERSION)
+    return score_runs[current], int((~current).sum())
+
+
+def score_table(score_runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Finished score runs of the current scores version, the latest per config_hash: params
+    (seed included), scores and `scored_<baseline>`; and the count of other-version runs."""
     runs = score_runs[column(score_runs, f"tags.{KIND_TAG}") == SCORE_KIND] \
         if not score_runs.empty else score_runs
+    runs, other_version = current_version(runs)
     if runs.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(), other_version
     done = latest_per_config(runs[runs["status"] == FINISHED])
     table = pd.DataFrame({c.removeprefix("params."): done[c].fillna(MISSING)
                           for c in done if c.startswith("params.")})
     for name in SCORE_NAMES:
         table[name] = column(done, f"metrics.{name}").astype(float)
-    return table.reset_index(drop=True)
+    for name in BASELINES:
+        table[f"scored_{name}"] = column(done, f"metrics.{name}").astype(float)
+    return table.reset_index(drop=True), other_version
 
 
 def join_keys(tidy: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
@@ -363,12 +446,13 @@ def score_agreement(tidy: pd.DataFrame, summary: pd.DataFrame, shown: list[str],
                     score_runs: pd.DataFrame) -> ScoreAgreement:
     """Join score runs with the trained configurations on the frozen base and data (same seeds
     only), per strategy group (scratch left out: it does not start from the scored weights)."""
-    scores = score_table(score_runs)
+    scores, other_version = score_table(score_runs)
     group = [c for c in shown if not c.startswith(CANDIDATE_FAMILIES)]
     candidate = [c for c in shown if c.startswith(CANDIDATE_FAMILIES)]
     if "backbone.weights" not in candidate:
         candidate.append("backbone.weights")
-    empty = ScoreAgreement(group, candidate, pd.DataFrame(), pd.DataFrame(), len(scores))
+    empty = ScoreAgreement(group, candidate, pd.DataFrame(), pd.DataFrame(), len(scores),
+                           other_version)
     if scores.empty or "seed" not in scores:
         return empty
     keys = join_keys(tidy, scores)
@@ -378,20 +462,25 @@ def score_agreement(tidy: pd.DataFrame, summary: pd.DataFrame, shown: list[str],
     matched = scores.merge(seeds, on=[*keys, "seed"], how="inner")
     if matched.empty:
         return empty
+    scored = [*SCORE_NAMES, *(f"scored_{b}" for b in BASELINES)]
     per_base = matched.groupby(keys).agg(score_n=("seed", "nunique"),
-                                         **{s: (s, "mean") for s in SCORE_NAMES}).reset_index()
+                                         **{s: (s, "mean") for s in scored}).reset_index()
     trained = summary[summary[STRATEGY] != SCRATCH]
     points = trained.merge(per_base, on=keys, how="inner")
     if points.empty:
         return empty
-    points = points[[*group, *candidate, "n_train", "n", "mean", "score_n", *SCORE_NAMES]]
+    for name in BASELINES:
+        points[name] = points[name].fillna(points[f"scored_{name}"])
+    points = points[[*group, *candidate, "n_train", "n", "mean", "score_n", *SCORE_NAMES,
+                     *BASELINES]]
     rows = []
     for key, members in ordered_groups(points, group):
         row = dict(zip(group, key, strict=True)) | {"backbones": len(members)}
-        for name in SCORE_NAMES:
+        for name in (*SCORE_NAMES, *BASELINES):
             tau, p, k = kendall(members[name], members["mean"])
             row |= {f"{name}_tau": tau, f"{name}_p": p, f"{name}_k": k}
         rows.append(row)
     points = points.sort_values([*group, "mean"], ascending=[True] * len(group) + [False],
                                 kind="stable", ignore_index=True)
-    return ScoreAgreement(group, candidate, points, pd.DataFrame(rows), len(scores))
+    return ScoreAgreement(group, candidate, points, pd.DataFrame(rows), len(scores),
+                          other_version)
