@@ -33,8 +33,9 @@ from PIL import Image
 from scipy import stats as scipy_stats
 
 from tlbench.errors import TlbenchError
-from tlbench.report import fetch, render, stats
+from tlbench.report import agreement, fetch, markdown, render, render_scores, stats
 from tlbench.report.__main__ import main as report_main
+from tlbench.report.analysis import Analysis, Source, analyse
 from tlbench.scores import SCORES_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,9 +143,9 @@ def runs(store: tuple[str, MlflowClient, str]) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def analysis(runs: pd.DataFrame) -> stats.Analysis:
+def analysis(runs: pd.DataFrame) -> Analysis:
     """Sweep A aggregated on test_accuracy."""
-    return stats.analyse(runs, "test_accuracy")
+    return analyse(runs, "test_accuracy")
 
 
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -241,7 +242,7 @@ def test_latest_sweep_is_the_sweep_of_the_last_started_tagged_run(
     assert fetch.latest_sweep_id(client, experiment) == "sweep-b"
 
 
-def test_ranking_orders_configurations_by_mean(analysis: stats.Analysis) -> None:
+def test_ranking_orders_configurations_by_mean(analysis: Analysis) -> None:
     summary = analysis.summary
     assert labels(summary) == [LABELS[k] for k in "ABCDEF"]
     assert summary["rank"].tolist() == [1, 2, 3, 4, 5, 6]
@@ -249,7 +250,7 @@ def test_ranking_orders_configurations_by_mean(analysis: stats.Analysis) -> None
     assert analysis.shown == ["backbone.name", "strategy.name", "data.train_size"]
 
 
-def test_summary_statistics_match_hand_computation(analysis: stats.Analysis) -> None:
+def test_summary_statistics_match_hand_computation(analysis: Analysis) -> None:
     d = analysis.summary.set_index(pd.Index(labels(analysis.summary))).loc[LABELS["D"]]
     assert d["mean"] == pytest.approx(0.82)
     assert d["std"] == pytest.approx(0.02)
@@ -261,14 +262,14 @@ def test_summary_statistics_match_hand_computation(analysis: stats.Analysis) -> 
     assert a["ci"] == pytest.approx(T_975_DF1 * np.std([0.95, 0.97], ddof=1) / math.sqrt(2))
 
 
-def test_ties_with_the_leader_are_marked(analysis: stats.Analysis) -> None:
+def test_ties_with_the_leader_are_marked(analysis: Analysis) -> None:
     # Leader A: 0.96 ± 0.127 reaches down to 0.833; C (0.86 + 0.025) and D (0.82 + 0.050) reach
     # it, E (0.70 ± 0) and F (0.41 + 0.127) do not, and B has a single seed.
     assert analysis.summary["verdict"].tolist() == ["leader", "unreplicated", "tied", "tied",
                                                     "behind", "behind"]
 
 
-def test_winners_per_size_are_ordered_by_n_train(analysis: stats.Analysis) -> None:
+def test_winners_per_size_are_ordered_by_n_train(analysis: Analysis) -> None:
     winners = analysis.winners
     assert winners["data.train_size"].tolist() == ["total:50", "10"]
     assert labels(winners) == [LABELS["C"], LABELS["A"]]
@@ -278,7 +279,7 @@ def test_winners_per_size_are_ordered_by_n_train(analysis: stats.Analysis) -> No
         {"feature_extraction": 0.82, "full_retrain": 0.86, "scratch": 0.41})
 
 
-def test_gain_over_scratch_uses_welch_ci(analysis: stats.Analysis) -> None:
+def test_gain_over_scratch_uses_welch_ci(analysis: Analysis) -> None:
     gains = analysis.gains
     assert labels(gains) == [LABELS["D"], LABELS["C"]]
     assert gains["gain"].tolist() == pytest.approx([0.41, 0.45])
@@ -287,29 +288,29 @@ def test_gain_over_scratch_uses_welch_ci(analysis: stats.Analysis) -> None:
 
 
 def test_no_scratch_runs_gives_no_gains(runs: pd.DataFrame) -> None:
-    without = stats.analyse(runs[runs["params.strategy.name"] != "scratch"], "test_accuracy")
+    without = analyse(runs[runs["params.strategy.name"] != "scratch"], "test_accuracy")
     assert without.gains.empty and len(without.summary) == 5
 
 
-def test_pareto_fronts(analysis: stats.Analysis) -> None:
+def test_pareto_fronts(analysis: Analysis) -> None:
     assert labels(analysis.time_front) == [LABELS[k] for k in "EDBA"]
     assert labels(analysis.params_front) == [LABELS[k] for k in "EBA"]
 
 
 def test_unknown_metric_is_a_one_line_error(runs: pd.DataFrame) -> None:
     with pytest.raises(TlbenchError, match="no run logged metric 'test_acc'; logged: .*fit"):
-        stats.analyse(runs, "test_acc")
+        analyse(runs, "test_acc")
 
 
 # Rendering.
 
 def test_escape_neutralises_markdown_and_html() -> None:
-    line = render.table(["run"], [["a|b\nc `d` <script>*e*"]], "l").splitlines()[2]
+    line = markdown.table(["run"], [["a|b\nc `d` <script>*e*"]], "l").splitlines()[2]
     assert table_cells(line) == [r" a\|b c \`d\` &lt;script&gt;\*e\* "]
 
 
 def test_fence_outlasts_backticks_in_the_code() -> None:
-    assert render.fence("echo ````x").startswith("`````bash\n")
+    assert markdown.fence("echo ````x").startswith("`````bash\n")
 
 
 @pytest.mark.parametrize(("command", "seeds", "expected"), [
@@ -328,8 +329,8 @@ def test_rerun_command_lists_every_seed(command: str, seeds: tuple[str, ...],
     assert render.rerun_command(command, seeds) == expected
 
 
-def test_top_limits_the_ranking_table(analysis: stats.Analysis) -> None:
-    source = render.Source("tlbench", "sweep-a", "sqlite://", "test_accuracy", top=2)
+def test_top_limits_the_ranking_table(analysis: Analysis) -> None:
+    source = Source("tlbench", "sweep-a", "sqlite://", "test_accuracy", top=2)
     ranking = render.ranking(analysis, source)
     assert "Top 2 of 6 configurations" in ranking
     assert [line.split(" | ")[0] for line in ranking.splitlines() if line.startswith("| ")] == [
@@ -337,8 +338,8 @@ def test_top_limits_the_ranking_table(analysis: stats.Analysis) -> None:
 
 
 def test_sweep_without_finished_runs_still_lists_failures(runs: pd.DataFrame) -> None:
-    failed_only = stats.analyse(runs[runs["status"] != "FINISHED"], "test_accuracy")
-    source = render.Source("tlbench", "sweep-a", "sqlite://", "test_accuracy")
+    failed_only = analyse(runs[runs["status"] != "FINISHED"], "test_accuracy")
+    source = Source("tlbench", "sweep-a", "sqlite://", "test_accuracy")
     markdown = render.render_markdown(failed_only, source, {})
     assert "No finished run logged **test\\_accuracy**: nothing to rank." in markdown
     assert "| FAILED |" in markdown and "## Ranking" not in markdown
@@ -524,20 +525,20 @@ def scored_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, MlflowC
 
 
 @pytest.fixture(scope="module")
-def scored(scored_store: tuple[str, MlflowClient, str]) -> stats.Analysis:
+def scored(scored_store: tuple[str, MlflowClient, str]) -> Analysis:
     """sweep-s analysed with the experiment's score runs."""
     _, client, experiment = scored_store
     runs = fetch.fetch_runs(client, experiment, fetch.sweep_filter("sweep-s", None))
     score_runs = fetch.fetch_runs(client, experiment, fetch.SCORE_FILTER)
-    return stats.analyse(runs, "test_accuracy", score_runs)
+    return analyse(runs, "test_accuracy", score_runs)
 
 
-def test_score_runs_stay_out_of_the_trained_tables(scored: stats.Analysis) -> None:
+def test_score_runs_stay_out_of_the_trained_tables(scored: Analysis) -> None:
     assert len(scored.summary) == 5 and scored.summary["n"].tolist() == [2] * 5
     assert "score-tagged" not in set(scored.runs["run_name"])
 
 
-def test_scores_join_the_accuracy_they_predict(scored: stats.Analysis) -> None:
+def test_scores_join_the_accuracy_they_predict(scored: Analysis) -> None:
     points = scored.scores.points
     assert scored.scores.found == 12  # latest per config_hash: 10, the seed-7 run, the tagged one
     ten = points[points["data.train_size"] == "10"].set_index("backbone.name")
@@ -548,7 +549,7 @@ def test_scores_join_the_accuracy_they_predict(scored: stats.Analysis) -> None:
     assert np.isnan(ten.loc["vgg16", "leep"])
 
 
-def test_score_runs_of_another_version_are_left_out(scored: stats.Analysis) -> None:
+def test_score_runs_of_another_version_are_left_out(scored: Analysis) -> None:
     resnet = scored.scores.points.set_index(["backbone.name", "data.train_size"]).loc[
         ("resnet50", "10")]
     assert resnet["logme"] == 3.0 and resnet["score_n"] == 2  # not the later -99 of version 1
@@ -557,12 +558,12 @@ def test_score_runs_of_another_version_are_left_out(scored: stats.Analysis) -> N
 
 def test_current_version_treats_untagged_runs_as_version_1() -> None:
     runs = pd.DataFrame({"tags.scores.version": [CURRENT, None, "1", f" {CURRENT} ", "3"]})
-    current, other = stats.current_version(runs)
+    current, other = agreement.current_version(runs)
     assert current.index.tolist() == [0, 3] and other == 3
-    assert stats.current_version(pd.DataFrame({"run_id": ["a"]}))[1] == 1
+    assert agreement.current_version(pd.DataFrame({"run_id": ["a"]}))[1] == 1
 
 
-def test_model_size_baselines_get_their_own_tau(scored: stats.Analysis) -> None:
+def test_model_size_baselines_get_their_own_tau(scored: Analysis) -> None:
     taus = scored.scores.taus.set_index("data.train_size")
     accuracy = [0.91, 0.81, 0.72]  # resnet50, mobilenetv2, vgg16
     expected = scipy_stats.kendalltau([23_600_000, 2_270_000, 14_700_000], accuracy)
@@ -579,13 +580,13 @@ def test_baselines_that_no_run_logged_are_left_out_silently(
     _, client, experiment = scored_store
     runs = fetch.fetch_runs(client, experiment, fetch.sweep_filter("sweep-s", None))
     score_runs = fetch.fetch_runs(client, experiment, fetch.SCORE_FILTER)
-    analysis = stats.analyse(runs, "test_accuracy", score_runs.drop(columns="metrics.flops"))
-    source = render.Source("tlbench", "sweep-s", "sqlite://", "test_accuracy")
-    section = render.scores_vs_accuracy(analysis, source, {"scores-vs-accuracy": "x.png"})
+    analysis = analyse(runs, "test_accuracy", score_runs.drop(columns="metrics.flops"))
+    source = Source("tlbench", "sweep-s", "sqlite://", "test_accuracy")
+    section = render_scores.scores_vs_accuracy(analysis, source, {"scores-vs-accuracy": "x.png"})
     assert "params tau |" in section and "FLOPs" not in section
 
 
-def test_kendall_tau_per_strategy_and_size(scored: stats.Analysis) -> None:
+def test_kendall_tau_per_strategy_and_size(scored: Analysis) -> None:
     taus = scored.scores.taus.set_index("data.train_size")
     assert taus.loc["10", "backbones"] == 3
     assert taus.loc["10", "logme_tau"] == pytest.approx(1.0)
@@ -624,9 +625,9 @@ def test_report_section_says_when_tau_is_not_meaningful(
 
 
 def test_report_without_score_runs_says_how_to_make_them(runs: pd.DataFrame) -> None:
-    analysis = stats.analyse(runs, "test_accuracy", pd.DataFrame())
-    source = render.Source("tlbench", "sweep-a", "sqlite://", "test_accuracy")
-    section = render.scores_vs_accuracy(analysis, source, {})
+    analysis = analyse(runs, "test_accuracy", pd.DataFrame())
+    source = Source("tlbench", "sweep-a", "sqlite://", "test_accuracy")
+    section = render_scores.scores_vs_accuracy(analysis, source, {})
     assert "No score runs" in section and "python -m tlbench rank" in section
 
 
@@ -637,7 +638,7 @@ def test_report_without_score_runs_says_how_to_make_them(runs: pd.DataFrame) -> 
     ((np.nan, np.nan, 1, 4), "not meaningful (1 backbone)"),
 ])
 def test_tau_cell_says_over_what_and_why_not(args: tuple, cell: str) -> None:
-    assert render.tau_cell(*args) == cell
+    assert render_scores.tau_cell(*args) == cell
 
 
 def test_fit_time_includes_the_frozen_features_a_run_paid_for(tmp_path):
@@ -679,7 +680,7 @@ def tuning_runs() -> pd.DataFrame:
 
 
 def test_tune_chooses_on_validation_never_on_test() -> None:
-    analysis = stats.analyse(tuning_runs(), "test_accuracy", tune=["trainer.lr"])
+    analysis = analyse(tuning_runs(), "test_accuracy", tune=["trainer.lr"])
     chosen = analysis.summary.set_index("backbone.name")
     assert chosen["trainer.lr"].to_dict() == {"resnet50": "0.01", "mobilenetv2": "0.0001"}
     assert chosen["mean"].to_dict() == pytest.approx({"resnet50": 0.3, "mobilenetv2": 0.2})
@@ -691,14 +692,14 @@ def test_tune_chooses_on_validation_never_on_test() -> None:
 
 
 def test_without_tune_every_learning_rate_is_its_own_configuration() -> None:
-    analysis = stats.analyse(tuning_runs(), "test_accuracy")
+    analysis = analyse(tuning_runs(), "test_accuracy")
     assert len(analysis.summary) == 5 and "trainer.lr" in analysis.shown
     assert stats.untuned_hyperparameters(analysis.shown) == ["trainer.lr"]
 
 
 def test_tuning_section_and_ranking_show_the_chosen_values() -> None:
-    analysis = stats.analyse(tuning_runs(), "test_accuracy", tune=["trainer.lr"])
-    source = render.Source("tlbench", "sweep-t", "sqlite://", "test_accuracy")
+    analysis = analyse(tuning_runs(), "test_accuracy", tune=["trainer.lr"])
+    source = Source("tlbench", "sweep-t", "sqlite://", "test_accuracy")
     section = render.tuning(analysis)
     assert ("| resnet50 | feature\\_extraction | 10 | 0.01 | 0.001: 0.600 (2) · "
             "0.01: 0.650 (2) ★ |") in section
@@ -716,8 +717,8 @@ def test_tuning_section_and_ranking_show_the_chosen_values() -> None:
 
 
 def test_untuned_swept_learning_rate_points_to_tune() -> None:
-    analysis = stats.analyse(tuning_runs(), "test_accuracy")
-    source = render.Source("tlbench", "sweep-t", "sqlite://", "test_accuracy")
+    analysis = analyse(tuning_runs(), "test_accuracy")
+    source = Source("tlbench", "sweep-t", "sqlite://", "test_accuracy")
     assert ("Swept and not tuned: trainer.lr. Each value is a configuration of its own, "
             "compared on test\\_accuracy; to choose on validation instead, report with --tune "
             "trainer.lr.") in render.ranking(analysis, source)
@@ -734,7 +735,7 @@ def test_untuned_swept_learning_rate_points_to_tune() -> None:
 ])
 def test_tune_refuses_what_it_cannot_tune(tune: list[str], message: str) -> None:
     with pytest.raises(TlbenchError, match=re.escape(message)):
-        stats.analyse(tuning_runs(), "test_accuracy", tune=tune)
+        analyse(tuning_runs(), "test_accuracy", tune=tune)
 
 
 # --tune on a real learning-rate grid: a tiny multirun through the CLI into sqlite.

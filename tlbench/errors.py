@@ -6,7 +6,13 @@ from collections.abc import Iterable
 
 
 class TlbenchError(Exception):
-    """A user-facing error: one actionable line; the entry points print it and exit non-zero."""
+    """A user-facing error: one actionable line; the entry points print it and exit non-zero.
+
+    `metrics` are the measurements that led to it, logged with the failed run."""
+
+    def __init__(self, message: str, metrics: dict[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.metrics = metrics or {}
 
 
 def last_line(exc: BaseException) -> str:

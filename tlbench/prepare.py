@@ -11,9 +11,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tlbench import backbone, data, pretrain, registry
 from tlbench.backbone import BackboneSpec
 from tlbench.config import RunConfig
+from tlbench.errors import TlbenchError
 
 log = logging.getLogger("tlbench")
 
@@ -23,7 +26,9 @@ class Prepared:
     """A run made ready to train: its config, backbone entry, data, splits and base.
 
     `weights` is what the base was loaded from (a source checkpoint's file for source:<name>),
-    `weights_sha256` its digest; `setup_seconds` covers data and base, not pretraining."""
+    `weights_sha256` its digest; `source_overlap` how many val/test images the source
+    checkpoint trained on (None without one); `setup_seconds` covers data and base, not
+    pretraining."""
 
     config: RunConfig
     entry: BackboneSpec
@@ -33,31 +38,57 @@ class Prepared:
     weights: str | None
     weights_sha256: str | None
     checkpoint: pretrain.Checkpoint | None
+    source_overlap: int | None
     setup_seconds: float
 
 
 def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prepared:
-    """Runtime, source checkpoint, data, splits and the base loaded with `weights`."""
+    """Runtime, data, splits, the leak check, source checkpoint and the base loaded with
+    `weights`."""
     import keras
 
     from tlbench import train
 
     entry = registry.BACKBONES[config.backbone.name]
     train.configure_runtime(config.trainer, config.seed, threads)  # pools are fixed once, here
-    checkpoint = None
-    if backbone.weights_kind(weights) == "source":  # timed apart as pretrain_seconds
+    start = time.perf_counter()
+    source = data.load_source(config.data)
+    splits = data.split_indices(source, config.data, config.seed)
+    log.info("data %s: %d train / %d val / %d test, %d classes", config.data.name,
+             len(splits.train), len(splits.val), len(splits.test), len(source.class_names))
+    checkpoint, overlap = None, None
+    if backbone.weights_kind(weights) == "source":
+        overlap = refuse_source_overlap(config, source, splits)
+    data_seconds = time.perf_counter() - start
+    if overlap is not None:  # timed apart as pretrain_seconds
         checkpoint = pretrain.source_checkpoint(config.backbone, config.pretrain, config.trainer)
         weights = str(checkpoint.weights_path)
     start = time.perf_counter()
     keras.backend.clear_session()
     train.configure_runtime(config.trainer, config.seed, threads)
-    source = data.load_source(config.data)
-    splits = data.split_indices(source, config.data, config.seed)
-    log.info("data %s: %d train / %d val / %d test, %d classes", config.data.name,
-             len(splits.train), len(splits.val), len(splits.test), len(source.class_names))
     base = backbone.build_base(entry, config.backbone.input_size, weights,
                                config.backbone.bn_momentum)
     sha256 = checkpoint.manifest["weights_sha256"] if checkpoint else \
         backbone.weights_sha256(entry, config.backbone.input_size, weights)
-    return Prepared(config, entry, source, splits, base, weights, sha256, checkpoint,
-                    time.perf_counter() - start)
+    return Prepared(config, entry, source, splits, base, weights, sha256, checkpoint, overlap,
+                    data_seconds + time.perf_counter() - start)
+
+
+def refuse_source_overlap(config: RunConfig, source: data.LabelledImages,
+                          splits: data.Splits) -> int:
+    """0, or refuse the run: how many of its val and test images (by content) the source
+    checkpoint of backbone.weights=source:<name> trains on."""
+    trained, positions = pretrain.training_images(config.backbone, config.pretrain)
+    evaluated = np.concatenate([splits.val, splits.test])
+    overlap = 0
+    if trained.images.image_shape == source.images.image_shape:
+        seen = trained.image_digests(positions)
+        overlap = sum(digest in seen for digest in source.image_digests(evaluated))
+    if overlap:
+        raise TlbenchError(
+            f"backbone.weights={config.backbone.weights}: {overlap} of the {len(evaluated)} "
+            f"val/test images of data={config.data.name} are training images of that source "
+            "checkpoint (same pixels), which would inflate its scores; use a target that shares "
+            "no images with the source (e.g. data=digits59 for source:digits04) or other "
+            "weights.", metrics={"source_overlap": overlap})
+    return overlap

@@ -66,6 +66,21 @@ def source_data(source: str) -> DataConfig:
     return group_config("data", option, registry.SOURCES[option].Config, **overrides)
 
 
+def training_data(source: str, input_size: int) -> DataConfig:
+    """The data config pretraining reads: the source whole, at the backbone's input size."""
+    return dataclasses.replace(source_data(source), train_size="all", input_size=input_size)
+
+
+def training_images(backbone: BackboneConfig, cfg: PretrainConfig):
+    """The images backbone.weights=source:<name> trains on and their positions in its source:
+    known before the checkpoint is trained."""
+    from tlbench.data import load_source, split_indices
+
+    data_cfg = training_data(backbone.weights.removeprefix(SOURCE_PREFIX), backbone.input_size)
+    source = load_source(data_cfg)
+    return source, split_indices(source, data_cfg, cfg.seed).train
+
+
 def cache_root(cfg: PretrainConfig) -> Path:
     """pretrain.cache_dir, else $TLBENCH_CACHE/pretrained, else ~/.cache/tlbench/pretrained."""
     return paths.cache_dir("pretrained", cfg.cache_dir)
@@ -174,8 +189,7 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
 
     keras.backend.clear_session()
     train.configure_runtime(trainer, cfg.seed, threads=None)  # threads: fixed by the caller
-    data_cfg = dataclasses.replace(source_data(source), train_size="all",
-                                   input_size=backbone.input_size)
+    data_cfg = training_data(source, backbone.input_size)
     data = preprocessed(spec, load_dataset(data_cfg, backbone.input_size, cfg.seed))
     base = build_base(spec, backbone.input_size, None, backbone.bn_momentum)
     head_cfg = group_config("head", "dense", DenseHeadConfig)

@@ -209,7 +209,8 @@ def tracked_run(config: RunConfig, uri: str, tags: dict[str, str], digest: str |
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         error = _error_tag(exc)
         client.log_batch(run_id, tags=[mlflow.entities.RunTag("error", error),
-                                       mlflow.entities.RunTag(NOTE, f"{status}: {error}")])
+                                       mlflow.entities.RunTag(NOTE, f"{status}: {error}")],
+                         metrics=_metrics(getattr(exc, "metrics", {})))
         client.set_terminated(run_id, status)
         raise
     client.set_tag(run_id, NOTE, finished_note(client.get_run(run_id).data.metrics))
@@ -221,6 +222,12 @@ def finished_note(metrics: dict[str, float]) -> str:
     if "test_accuracy" in metrics:
         return f"FINISHED: test accuracy {metrics['test_accuracy']:.4f}"
     return "FINISHED"
+
+
+def _metrics(values: dict[str, float]) -> list:
+    """MLflow metric entities, timestamped now, step 0."""
+    now = mlflow.utils.time.get_current_time_millis()
+    return [mlflow.entities.Metric(k, float(v), now, 0) for k, v in values.items()]
 
 
 def _error_tag(exc: BaseException) -> str:
@@ -261,6 +268,8 @@ def log_prepared(uri: str, run_id: str, prepared: Prepared) -> None:
     log_dataset_input(uri, run_id, prepared.config.data.name, source.fingerprint(), {
         "train": len(splits.train), "val": len(splits.val), "test": len(splits.test)})
     log_weights(uri, run_id, prepared.weights_sha256, prepared.checkpoint)
+    if prepared.source_overlap is not None:
+        MlflowClient(uri).log_metric(run_id, "source_overlap", prepared.source_overlap)
 
 
 def log_weights(uri: str, run_id: str, sha256: str | None, checkpoint: Checkpoint | None) -> None:

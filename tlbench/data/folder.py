@@ -111,6 +111,10 @@ class FolderImages(ImageSource):
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
     def __getitem__(self, positions) -> np.ndarray:
         out = np.empty((len(np.atleast_1d(positions)), self.size, self.size, 3), np.float32)
         for i, position in enumerate(np.atleast_1d(positions)):

@@ -38,6 +38,11 @@ class ImageSource(ABC):
     def fingerprint(self) -> str:
         """A digest that changes whenever the served images change."""
 
+    @property
+    @abstractmethod
+    def image_shape(self) -> tuple[int, int]:
+        """(height, width) of every served image."""
+
 
 class ArrayImages(ImageSource):
     """In-memory images (N, H, W) grey or (N, H, W, 3) RGB in [0, 255], served as float32 RGB,
@@ -55,6 +60,10 @@ class ArrayImages(ImageSource):
         if chosen.ndim == 3:
             chosen = np.repeat(chosen[..., None], 3, axis=-1)
         return chosen if self.size is None else resize(chosen, self.size)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return (self.size, self.size) if self.size else self.pixels.shape[1:3]
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(str((self.pixels.shape, self.size)).encode())
@@ -78,6 +87,14 @@ class LabelledImages:
     def fingerprint(self) -> str:
         """A digest of the images, labels and class names: the feature cache's dataset key."""
         return self._fingerprint
+
+    def image_digests(self, positions: np.ndarray) -> set[str]:
+        """sha256 of each image at `positions`, its pixels rounded to uint8 as served."""
+        digests = set()
+        for start in range(0, len(positions), 256):
+            for image in self.images[positions[start:start + 256]]:
+                digests.add(hashlib.sha256(np.round(image).astype(np.uint8).tobytes()).hexdigest())
+        return digests
 
     @functools.cached_property
     def _fingerprint(self) -> str:

@@ -56,6 +56,10 @@ class SyntheticImages(ImageSource):
     def __len__(self) -> int:
         return self.cfg.n_classes * self.cfg.images_per_class
 
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return (self.cfg.image_size, self.cfg.image_size)
+
     def labels(self) -> np.ndarray:
         return np.repeat(np.arange(self.cfg.n_classes), self.cfg.images_per_class)
 

@@ -89,6 +89,7 @@ def write_report(args: argparse.Namespace) -> Path:
     """Fetch the sweep's runs, aggregate them and write the markdown report and plots."""
     # Imported here so that --help and argument errors answer without loading MLflow or plots.
     from tlbench.report import fetch, plots, render, stats
+    from tlbench.report.analysis import Source, analyse
     from tlbench.store import redact, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -107,7 +108,7 @@ def write_report(args: argparse.Namespace) -> Path:
     score_runs = fetch.fetch_runs(client, experiment, fetch.SCORE_FILTER)
     print(f"Fetched {len(score_runs)} score runs (python -m tlbench rank) of the experiment")
 
-    analysis = stats.analyse(runs, args.metric, score_runs, args.tune)
+    analysis = analyse(runs, args.metric, score_runs, args.tune)
     if analysis.tuned:
         print(f"Tuned {', '.join(analysis.tuned)} on {stats.SELECTION_METRIC} per configuration")
     print(f"Aggregated {len(analysis.summary)} configurations")
@@ -118,7 +119,7 @@ def write_report(args: argparse.Namespace) -> Path:
     stem = report_stem(args.experiment, sweep_id)
     figures = {} if analysis.summary.empty else plots.draw_all(analysis, args.metric, args.out,
                                                                  stem)
-    source = render.Source(args.experiment, sweep_id, uri, args.metric, args.filter, args.top)
+    source = Source(args.experiment, sweep_id, uri, args.metric, args.filter, args.top)
     path = args.out / f"{stem}.md"
     path.write_text(render.render_markdown(analysis, source, figures), encoding="utf-8")
     return path

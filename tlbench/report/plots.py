@@ -13,11 +13,12 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from tlbench.report.stats import (  # noqa: E402
+from tlbench.report.analysis import Analysis
+from tlbench.report.stats import (
+    # noqa: E402,
     SCORE_NAMES,
     SIZE,
     STRATEGY,
-    Analysis,
     config_label,
     data_columns,
     ordered_groups,

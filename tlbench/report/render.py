@@ -3,108 +3,41 @@ with `|`, newlines, backticks or HTML cannot break a table or inject markup."""
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import pandas as pd
 
+from tlbench.report.analysis import Analysis, Source
+from tlbench.report.markdown import (
+    _missing,
+    escape,
+    fence,
+    interval,
+    number,
+    plus_minus,
+    table,
+    timestamp,
+)
+from tlbench.report.render_scores import scores_vs_accuracy
 from tlbench.report.stats import (
-    BASELINES,
-    MIN_TAU_POINTS,
-    SCORE_NAMES,
-    SCORES_VERSION_TAG,
     SELECTION_METRIC,
     SPLITS,
     STRATEGY,
-    Analysis,
     config_label,
     data_columns,
     distinct_tag,
     grid,
-    ordered_groups,
     status_counts,
     unfinished_runs,
     untuned_hyperparameters,
 )
-from tlbench.scores import SCORES_VERSION
 from tlbench.store import redact
 
-_MARKUP = re.compile(r"([\\`*_\[\]|~#$!])")
 GRID_VALUES_SHOWN = 24
-BASELINE_TITLES = {"params_total": "params", "flops": "FLOPs"}
 REPRODUCED = 3
 VERSION_TAGS = (("tlbench", "tlbench_version"), ("git commit", "git_commit"),
                 ("TensorFlow", "tensorflow_version"), ("Keras", "keras_version"),
                 ("MLflow", "mlflow_version"))
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the runs came from and how they are ranked."""
-
-    experiment: str
-    sweep_id: str
-    tracking_uri: str
-    metric: str
-    filter: str | None = None
-    top: int | None = None
-
-
-def escape(value: object) -> str:
-    """`value` as one line of literal markdown text: whitespace runs become one space, HTML and
-    markdown punctuation are escaped."""
-    text = " ".join(str(value).split())
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MARKUP.sub(r"\\\1", text)
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]], align: str) -> str:
-    """A markdown table, every cell escaped; `align` has one l or r per column."""
-    rule = ["---:" if a == "r" else "---" for a in align]
-    lines = [_table_line(headers), _table_line(rule, raw=True)]
-    lines += [_table_line(row) for row in rows]
-    return "\n".join(lines)
-
-
-def _table_line(cells: Iterable[object], raw: bool = False) -> str:
-    """One table row; cells are escaped unless `raw`."""
-    return "| " + " | ".join(str(c) if raw else escape(c) for c in cells) + " |"
-
-
-def _missing(value: object) -> bool:
-    """True for None and NaN."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def number(value: object, spec: str) -> str:
-    """`value` formatted with `spec`, or an en dash when missing."""
-    return "–" if _missing(value) else format(value, spec)
-
-
-def plus_minus(half_width: float) -> str:
-    """A CI half-width as '±0.012', or an en dash when undefined (single seed)."""
-    return "–" if _missing(half_width) else f"±{half_width:.3f}"
-
-
-def interval(centre: float, half_width: float) -> str:
-    """A signed interval '+0.010 to +0.052', or an en dash when undefined."""
-    if _missing(half_width):
-        return "–"
-    return f"{centre - half_width:+.3f} to {centre + half_width:+.3f}"
-
-
-def timestamp(millis: float) -> str:
-    """MLflow epoch milliseconds as a UTC minute."""
-    return pd.Timestamp(millis, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
-
-
-def fence(code: str, language: str = "bash") -> str:
-    """A fenced code block whose fence is longer than any backtick run inside `code`."""
-    longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
-    ticks = "`" * max(3, longest + 1)
-    return f"{ticks}{language}\n{code}\n{ticks}"
 
 
 def rerun_command(command: str, seeds: Sequence[str]) -> str:
@@ -358,78 +291,6 @@ def pareto(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
                      table(["#", "configuration", "mean", f"mean {title}"], rows, "rlrr")]
     sections += ["", f"![{metric} vs fit time]({plots['accuracy-vs-time']})"]
     return "\n".join(sections)
-
-
-def tau_cell(tau: float, p: float, k: int, backbones: int) -> str:
-    """Kendall's tau with its p-value (and over how many backbones, when not all have the
-    score), or why there is none."""
-    if k < MIN_TAU_POINTS:
-        return f"not meaningful ({k} backbone{'s' * (k != 1)})"
-    if _missing(tau):
-        return "undefined (constant)"
-    subset = f", {k} of {backbones}" if k < backbones else ""
-    return f"{tau:+.2f} (p={p:.2f}{subset})"
-
-
-def scores_vs_accuracy(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
-    """Each transferability score beside the accuracy reached, Kendall's tau per strategy and
-    size, and the scatter plot."""
-    agreement, metric = analysis.scores, escape(source.metric)
-    title = "## Scores before training vs accuracy after"
-    versions = version_line(agreement.other_version)
-    if agreement.points.empty:
-        found = (f"{agreement.found} score run(s) in the experiment, but none has this sweep's "
-                 "backbone, weights, data, size and seed" if agreement.found else
-                 "No score runs (tag tlbench.kind=score) of the current scores version in the "
-                 "experiment")
-        return (f"{title}\n\n{found}. Score the sweep's backbones with the same data, sizes and "
-                "seeds: `python -m tlbench rank backbone=a,b,c data.train_size=... seed=...`."
-                f"\n\n{versions}")
-    group, candidate = agreement.group, agreement.candidate
-    baselines = [b for b in BASELINES if agreement.points[b].notna().any()]
-    compared = [*SCORE_NAMES, *baselines]
-    titles = [*SCORE_NAMES, *(BASELINE_TITLES[b] for b in baselines)]
-    taus = [(*(row[c] for c in group), row["backbones"],
-             *(tau_cell(row[f"{s}_tau"], row[f"{s}_p"], row[f"{s}_k"], row["backbones"])
-               for s in compared))
-            for _, row in agreement.taus.iterrows()]
-    sections = [
-        title, "",
-        f"Scores of the frozen backbones (`python -m tlbench rank`, no training; mean over the "
-        f"seeds the sweep also trained) beside the mean {metric} each configuration reached. "
-        f"Kendall's tau-b between score and {metric} over the backbones: +1 means the score "
-        "ordered them exactly as training did, 0 no better than chance; with fewer than "
-        f"{MIN_TAU_POINTS} backbones it is not meaningful. Joined on backbone, weights, "
-        "pretrain settings, data, training-set size and seed; scratch runs are left out (they do "
-        "not start from the scored weights).", "",
-        f"Baseline: the tau of the backbone's size alone ({', '.join(titles[len(SCORE_NAMES):])}"
-        ", bigger ranked higher). A score that does not beat it tells you no more than model "
-        "size does.", "",
-        versions, "",
-        table([*group, "backbones", *(f"{t} tau" for t in titles)], taus,
-              "l" * len(group) + "r" + "r" * len(compared)),
-    ]
-    for key, members in ordered_groups(agreement.points, group):
-        members = members.sort_values("mean", ascending=False, kind="stable")
-        rows = [(*(row[c] for c in candidate), row["n"], number(row["mean"], ".3f"),
-                 row["score_n"], *(number(row[s], ".3f") for s in SCORE_NAMES),
-                 *(number(row[b], ",.0f") for b in baselines))
-                for _, row in members.iterrows()]
-        sections += ["", f"### {escape(' · '.join(map(str, key)))}", "",
-                     table([*candidate, "n", f"mean {source.metric}", "seeds scored",
-                            *titles], rows,
-                           "l" * len(candidate) + "rrr" + "r" * len(compared))]
-    sections += ["", "– = not available (LEEP and NCE need the source model's classifier: "
-                     "`backbone.weights=source:<name>` only).",
-                 "", f"![Scores vs {metric}]({plots['scores-vs-accuracy']})"]
-    return "\n".join(sections)
-
-
-def version_line(other_version: int) -> str:
-    """One line: only score runs of the current scores version are joined, and how many not."""
-    return (f"Score runs of scores version {SCORES_VERSION} only (tag "
-            f"{escape(SCORES_VERSION_TAG)}; untagged runs are version 1): {other_version} score "
-            "run(s) of another version left out, their scores are not comparable.")
 
 
 def reproduce(analysis: Analysis) -> str:
