@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tlbench import identity, rank, scores
-from tlbench.config import DenseHeadConfig, group_config, parse_config
+from tlbench.config import parse_config
 
 from .conftest import compose_config
 
@@ -142,7 +142,7 @@ def test_leep_and_nce_read_the_source_checkpoint_head(tmp_path, capsys):
     spec = backbone.BACKBONES["mobilenetv2"]
     keras.backend.clear_session()
     base = backbone.build_base(spec, 32, str(checkpoint.weights_path), 0.9)
-    dense = group_config("head", "dense", DenseHeadConfig)
+    dense = pretrain.source_head_config()
     classifier = strategy.head_layers(5, dense)
     model = strategy.with_head(base, 5, dense, base_training=False, classifier=classifier)
     classifier.load_weights(checkpoint.weights_path.parent / pretrain.HEAD_FILE)

@@ -71,6 +71,7 @@ class DenseHeadConfig(HeadConfig):
     name: str = "dense"
     units: int
     dropout: float
+    standardize: bool
 
     def __post_init__(self) -> None:
         check(self.units >= 0, "strategy.head.units", self.units, "0 (no hidden layer) or more")

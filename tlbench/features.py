@@ -186,6 +186,7 @@ def cached_rows(folder: Path | None, key: dict | None, positions: np.ndarray, n_
             missing = np.union1d(missing, fill[~done[fill]])
         computed = len(missing)
         if len(missing):
+            started = time.perf_counter()
             new = compute(missing)
             if layout is None or layout[1] != new.shape[1:]:
                 if done.any():  # rows of another shape: recompute the ones this run reads too
@@ -202,7 +203,8 @@ def cached_rows(folder: Path | None, key: dict | None, positions: np.ndarray, n_
                     layout = (_open_rows(rows_path, n_rows, new.shape[1:]), new.shape[1:])
                 _write_rows(rows_path, layout[0], missing, new)
                 done[missing] = True
-                recorded = key | {"row_shape": list(layout[1])}
+                rate = (time.perf_counter() - started) / computed
+                recorded = key | {"row_shape": list(layout[1]), "seconds_per_row": rate}
                 (folder / "key.json").write_text(json.dumps(recorded, indent=2, sort_keys=True)
                                                  + "\n")
                 _atomic_save(done_path, done)
@@ -215,14 +217,27 @@ def cached_rows(folder: Path | None, key: dict | None, positions: np.ndarray, n_
         return np.array(rows[positions]), computed, waited
 
 
+def seconds_per_row(folder: Path) -> float:
+    """What computing one row of a cache entry took when it was filled (0 if not recorded)."""
+    try:
+        return float(json.loads((folder / "key.json").read_text()).get("seconds_per_row", 0.0))
+    except (OSError, ValueError):
+        return 0.0
+
+
 @dataclass(frozen=True)
 class Frozen:
-    """A frozen tap's outputs as a dataset (arrays in place of images) and what they cost."""
+    """A frozen tap's outputs as a dataset (arrays in place of images) and what they cost.
+
+    `seconds`: this run's time getting them (a fill, or a read); `cost`: the rows it used times
+    the measured seconds per row, the same for every run that uses them, whichever filled them.
+    """
 
     data: Dataset
     computed: int
     seconds: float
     waited: float
+    cost: float
 
 
 def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Splits,
@@ -259,10 +274,11 @@ def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Sp
                        take(rows, splits.val), source.labels[splits.val],
                        take(rows, splits.test), source.labels[splits.test], source.class_names)
         seconds = time.perf_counter() - start - waited
+        rate = seconds_per_row(folder) if folder else seconds / len(positions)
         log.info("frozen %s of %s: %d rows used, %d computed (%.1fs)%s", tap, spec.name,
                  len(positions), computed, seconds,
                  f" in {folder}" if folder else " (cache off)")
-        results.append(Frozen(data, computed, seconds, waited))
+        results.append(Frozen(data, computed, seconds, waited, rate * len(positions)))
         start = time.perf_counter()
     return results
 

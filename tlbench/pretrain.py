@@ -192,7 +192,7 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     data_cfg = training_data(source, backbone.input_size)
     data = preprocessed(spec, load_dataset(data_cfg, backbone.input_size, cfg.seed))
     base = build_base(spec, backbone.input_size, None, backbone.bn_momentum)
-    head_cfg = group_config("head", "dense", DenseHeadConfig)
+    head_cfg = source_head_config()
     head = head_layers(data.n_classes, head_cfg)
     model = with_head(base, data.n_classes, head_cfg, base_training=None, classifier=head)
     steps = cfg.epochs * -(-len(data.y_train) // cfg.batch_size)
@@ -228,6 +228,12 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     }
 
 
+def source_head_config() -> DenseHeadConfig:
+    """The source classifier: the dense head without standardisation (the whole network trains
+    from random weights, so features have no fixed scale to standardise)."""
+    return group_config("head", "dense", DenseHeadConfig, standardize=False)
+
+
 def source_head(checkpoint: Checkpoint, n_features: int):
     """The checkpoint's source classifier as a Keras model mapping pooled base features (as the
     feature cache stores them) to source-class probabilities; None for a checkpoint without one."""
@@ -238,8 +244,7 @@ def source_head(checkpoint: Checkpoint, n_features: int):
     path = checkpoint.weights_path.parent / HEAD_FILE
     if not path.is_file():
         return None
-    classifier = head_layers(len(checkpoint.manifest["classes"]),
-                             group_config("head", "dense", DenseHeadConfig))
+    classifier = head_layers(len(checkpoint.manifest["classes"]), source_head_config())
     head = keras.Sequential([keras.Input(shape=(n_features,)), classifier])
     classifier.load_weights(path)
     return head

@@ -65,8 +65,12 @@ def tidy_runs(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     tidy["selection"] = column(done, f"metrics.{SELECTION_METRIC}").astype(float)
     for cost in COSTS:
         tidy[cost] = column(done, f"metrics.{cost}").astype(float)
-    # A run on cached frozen outputs also spent feature_seconds getting them: that is its cost too.
-    tidy["fit_seconds"] += column(done, "metrics.feature_seconds").astype(float).fillna(0.0)
+    # A run on cached frozen outputs also pays for them: the rows it used times their measured
+    # cost per row (feature_cost_seconds), whichever run filled the cache; feature_seconds for
+    # runs logged before that metric.
+    cost = column(done, "metrics.feature_cost_seconds").astype(float)
+    tidy["fit_seconds"] += cost.fillna(column(done, "metrics.feature_seconds").astype(float))\
+        .fillna(0.0)
     tidy["command"] = column(done, "tags.command")
     return tidy.reset_index(drop=True)
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
+
 from tlbench import features, registry
 from tlbench.backbone import BackboneSpec, preprocessed
 from tlbench.config import DenseHeadConfig, RunConfig, StrategyConfig, TrainerConfig
@@ -92,6 +94,7 @@ class Strategy:
         from tlbench import train
 
         plan = self.plan_on_frozen(base, entry, inputs["features"].n_classes, inputs, run.trainer)
+        standardize_head(plan, lambda: inputs["features"].x_train)
         self.log_phases(plan)
         result = train.train_and_evaluate(plan, inputs, run.trainer, run.seed)
         result.summary = train.model_summary(plan.full_model)
@@ -109,6 +112,9 @@ class Strategy:
             dataset = preprocessed(entry, materialise(prepared.source, prepared.splits,
                                                       run.backbone.input_size))
             plan = self.plan(base, entry, dataset.n_classes, run.trainer)
+            standardize_head(plan, lambda: features.extractor(base, entry, features.POOLED)
+                             .predict(dataset.x_train, batch_size=run.trainer.batch_size,
+                                      verbose=0))
             self.log_phases(plan)
             result = train.train_and_evaluate(plan, {"images": dataset}, run.trainer, run.seed)
             result.summary = train.model_summary(plan.model)
@@ -125,6 +131,7 @@ class Strategy:
         result.metrics |= {"cache_hit": float(root is not None and computed == 0),
                            "frozen_rows_computed": computed,
                            "feature_seconds": sum(tap.seconds for tap in frozen),
+                           "feature_cost_seconds": sum(tap.cost for tap in frozen),
                            "feature_wait_seconds": sum(tap.waited for tap in frozen)}
         return result
 
@@ -133,6 +140,19 @@ class Strategy:
         log.info("strategy %s: phases %s", self.name,
                  ", ".join(f"{p.name}({p.epochs} ep, lr={p.lr:g}, on {p.inputs})"
                            for p in plan.phases))
+
+
+def standardize_head(plan: Plan, train_features: Callable[[], np.ndarray]) -> None:
+    """Adapt the head's standardisation layers to the pooled features of the training split
+    (computed only if the plan has such a layer); fixed afterwards, never fitted on val/test."""
+    models = [plan.model, *(phase.model for phase in plan.phases if phase.model is not None)]
+    layers = {id(layer): layer for model in models
+              for layer in model._flatten_layers(include_self=False, recursive=True)
+              if layer.name == STANDARDIZE}
+    if layers:
+        values = train_features()
+        for layer in layers.values():
+            layer.adapt(values)
 
 
 def cached_route(run: RunConfig, inputs: str) -> Route:
@@ -146,11 +166,18 @@ def cached_route(run: RunConfig, inputs: str) -> Route:
     return Route(inputs, "frozen outputs cached and reused")
 
 
+STANDARDIZE = "head_standardize"
+
+
 def head_layers(n_classes: int, head: DenseHeadConfig):
-    """The new classifier on pooled features: optional Dense(units, relu), dropout, softmax."""
+    """The new classifier on pooled features: standardisation (if asked; adapted to the training
+    split by `Strategy.train`), optional Dense(units, relu), dropout, softmax."""
     import keras
 
-    layers = [keras.layers.Dense(head.units, activation="relu", name="head_dense")] \
+    from tlbench.strategy.layers import Standardize
+
+    layers = [Standardize(name=STANDARDIZE)] if head.standardize else []
+    layers += [keras.layers.Dense(head.units, activation="relu", name="head_dense")] \
         if head.units else []
     layers += [keras.layers.Dropout(head.dropout, name="head_dropout"),
                keras.layers.Dense(n_classes, activation="softmax", name="head_softmax")]
