@@ -1,178 +1,23 @@
-"""Backbone registry: each entry binds its constructor, preprocessing, input range and stages.
-
-Stages are the network's resolution levels (output stride 2, 4, 8, 16, 32), so "unfreeze the top
-1 stage" means the same thing on every backbone. Keras is imported lazily: the registry itself is
-static facts, cheap enough to validate configs before TensorFlow starts.
-"""
+"""Building a backbone's base with its weights (random, ImageNet through Keras' cache, or a file),
+recording its stages, and unfreezing its top stages. Keras is imported lazily."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import hashlib
-import re
 import socket
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from tlbench import registry
+from tlbench.backbone.spec import BackboneSpec
+from tlbench.backbone.stages import stages_of
 from tlbench.errors import TlbenchError
 from tlbench.paths import keras_home
 
 if TYPE_CHECKING:
     from tlbench.data import Dataset
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A registered backbone: how to build, feed and partially unfreeze it, and what it can do.
-
-    `build(input_shape, weights)` makes the headless network (weights None: random; "imagenet":
-    through Keras' cache); `preprocess(images)` maps
-    RGB in [0, 255] to what it was trained on. Capabilities: `has_weights` (pretrained weights can
-    be loaded and its BatchNorm tuned), `trainable` (it has layers a strategy can train),
-    `features` ("pooled": global average of the last feature map; "flat": the output flattened).
-    """
-
-    name: str
-    build: Callable[..., Any]
-    preprocess: Callable[[np.ndarray], np.ndarray]
-    preprocessed_range: tuple[float, float]
-    default_input_size: int
-    min_input_size: int
-    stages: tuple[str, ...]
-    imagenet_template: str = ""
-    imagenet_sizes: tuple[int, ...] = ()
-    features: str = "pooled"
-    has_weights: bool = True
-    trainable: bool = True
-
-    def imagenet_file(self, input_size: int) -> str:
-        """The headless ImageNet file Keras caches in $KERAS_HOME/models for this input size."""
-        rows = input_size if input_size in self.imagenet_sizes else 224
-        return self.imagenet_template.format(rows=rows)
-
-    def stage_of(self, layer_name: str) -> int | None:
-        """The 1-based stage a layer belongs to, or None for layers outside every stage."""
-        for index, pattern in enumerate(self.stages, start=1):
-            if re.match(pattern, layer_name):
-                return index
-        return None
-
-
-def application(constructor: str) -> Callable[..., Any]:
-    """A builder for a headless keras.applications network (random or ImageNet weights)."""
-    def build(input_shape: tuple[int, int, int], weights: str | None = None):
-        import keras
-
-        return getattr(keras.applications, constructor)(include_top=False, weights=weights,
-                                                        input_shape=input_shape)
-
-    return build
-
-
-def preprocess_input(module: str) -> Callable[[np.ndarray], np.ndarray]:
-    """keras.applications.<module>.preprocess_input, applied to a copy of the images."""
-    def preprocess(images: np.ndarray) -> np.ndarray:
-        import keras
-
-        return getattr(keras.applications, module).preprocess_input(images.copy())
-
-    return preprocess
-
-
-def unchanged(images: np.ndarray) -> np.ndarray:
-    """No preprocessing: the network takes [0, 255] RGB itself."""
-    return images
-
-
-def pixels_model(input_shape: tuple[int, int, int], weights: None = None):
-    """The identity "backbone": pixels rescaled from [0, 255] to [0, 1], no weights."""
-    import keras
-
-    inputs = keras.Input(shape=input_shape)
-    return keras.Model(inputs, keras.layers.Rescaling(1 / 255)(inputs), name="pixels")
-
-
-for _spec in (
-    BackboneSpec(
-        name="resnet50",
-        build=application("ResNet50"),
-        preprocess=preprocess_input("resnet50"),
-        preprocessed_range=(-123.68, 151.061),
-        default_input_size=224,
-        min_input_size=32,
-        stages=(r"conv1_|pool1_", r"conv2_", r"conv3_", r"conv4_", r"conv5_"),
-        imagenet_template="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    ),
-    BackboneSpec(
-        name="mobilenetv2",
-        build=application("MobileNetV2"),
-        preprocess=preprocess_input("mobilenet_v2"),
-        preprocessed_range=(-1.0, 1.0),
-        default_input_size=224,
-        min_input_size=32,
-        stages=(
-            r"Conv1|bn_Conv1|Conv1_relu|expanded_conv_",
-            r"block_[12]_",
-            r"block_[345]_",
-            r"block_([6-9]|1[0-2])_",
-            r"block_1[3-6]_|Conv_1|out_relu",
-        ),
-        # Keras picks the file by rows; other sizes load the 224 weights (with a warning).
-        imagenet_template="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
-        imagenet_sizes=(96, 128, 160, 192, 224),
-    ),
-    BackboneSpec(
-        name="efficientnetb0",
-        build=application("EfficientNetB0"),
-        preprocess=preprocess_input("efficientnet"),
-        preprocessed_range=(0.0, 255.0),
-        default_input_size=224,
-        min_input_size=32,
-        stages=(
-            r"rescaling|normalization|stem_|block1",
-            r"block2",
-            r"block3",
-            r"block[45]",
-            r"block[67]|top_",
-        ),
-        imagenet_template="efficientnetb0_notop.h5",
-    ),
-    BackboneSpec(
-        name="vgg16",
-        build=application("VGG16"),
-        preprocess=preprocess_input("vgg16"),
-        preprocessed_range=(-123.68, 151.061),
-        default_input_size=224,
-        min_input_size=32,
-        stages=(r"block1_", r"block2_", r"block3_", r"block4_", r"block5_"),
-        imagenet_template="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    ),
-    # The no-transfer floor: its features are the resized pixels scaled to [0, 1].
-    BackboneSpec(
-        name="pixels",
-        build=pixels_model,
-        preprocess=unchanged,
-        preprocessed_range=(0.0, 1.0),
-        default_input_size=32,
-        min_input_size=8,
-        stages=(),
-        features="flat",
-        has_weights=False,
-        trainable=False,
-    ),
-):
-    registry.BACKBONES.register(_spec.name, _spec)
-
-BACKBONES = registry.BACKBONES
-NETWORKS = {name: spec for name, spec in BACKBONES.items() if spec.has_weights}
-"""The backbones with pretrained weights, stages and ImageNet files."""
 
 
 def preprocess(spec: BackboneSpec, images):
@@ -226,7 +71,15 @@ def build_base(spec: BackboneSpec, input_size: int, weights: str | None, bn_mome
             _load_weights_file(model, Path(weights), spec)
     if bn_momentum is not None:
         set_bn_momentum(model, bn_momentum)
+    record_stages(spec, model)
     return model
+
+
+def record_stages(spec: BackboneSpec, model) -> None:
+    """Remember each layer's derived stage, so spec.stage_of answers for this base."""
+    spec.layer_stages.clear()
+    if spec.stages:
+        spec.layer_stages.update(stages_of(model, spec.name))
 
 
 DOWNLOAD_TIMEOUT_SECONDS = 30
