@@ -257,3 +257,20 @@ def test_keras_models_dir_matches_keras(tmp_path, keras_home):
     out = subprocess.run([sys.executable, "-c", script], env=env, text=True, capture_output=True,
                          check=True).stdout.split()
     assert out[0] == out[1]
+
+
+def test_backbones_command_prints_the_table(capsys):
+    from tlbench.backbones_cli import main
+
+    assert main(["--only", "vgg16", "pixels"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| vgg16 | vgg | 14.7M | 32 | 224 |")
+    assert "32: block5_conv1" in lines[2] and "vgg16_weights_tf_dim_ordering" in lines[2]
+
+
+def test_backbones_command_unknown_name_is_one_line():
+    from tlbench.backbones_cli import main
+
+    with pytest.raises(SystemExit, match="did you mean resnet50") as err:
+        main(["--only", "resnet5"])
+    assert "\n" not in str(err.value)
