@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -16,26 +17,128 @@ from tlbench.backbone import (
     NETWORKS,
     build_base,
     preprocess,
+    stages_of,
+    strides_of,
     unfreeze_top,
     weights_kind,
 )
 from tlbench.errors import TlbenchError
 
 NAMES = sorted(NETWORKS)
+# Networks whose layer list interleaves branches of different strides (the stages still rise
+# along every path of the graph; checked by test_stride_never_falls_along_the_graph).
+INTERLEAVED = {"nasnetlarge", "nasnetmobile"}
+# ResNetV2 stacks downsample at their end: its stride-4 stage is the stem's pooling alone.
+WEIGHTLESS_STAGE = {"resnet50v2", "resnet101v2", "resnet152v2"}
+HEAVY = {"convnextlarge", "convnextxlarge", "efficientnetb7", "efficientnetv2l", "nasnetlarge"}
+
+
+class Bases(dict):
+    """Random-init bases at each backbone's minimum size, each built once, when first asked for."""
+
+    def __missing__(self, name: str):
+        spec = BACKBONES[name]
+        self[name] = build_base(spec, spec.min_input_size, None, None)
+        return self[name]
 
 
 @pytest.fixture(scope="module")
 def bases():
-    """One random-init 32px base per backbone, built once for the module."""
-    return {name: build_base(BACKBONES[name], 32, None, None) for name in NAMES}
+    """One random-init base per backbone at its minimum size, shared by the module's tests."""
+    return Bases()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_stages_cover_every_weighted_layer_in_order(bases, name):
+EVERY = [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name for name in NAMES]
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_stages_derived_from_strides_match_the_entry(bases, name):
     spec = BACKBONES[name]
-    stages = [spec.stage_of(layer.name) for layer in bases[name].layers if layer.weights]
-    assert None not in stages
-    assert stages == sorted(stages) and set(stages) == set(range(1, len(spec.stages) + 1))
+    base = bases[name]
+    strides = strides_of(base, name)
+    assert tuple(sorted({s for s in strides.values() if s > 1})) == spec.stages
+    stages = [spec.stage_of(layer.name) for layer in base.layers if layer.weights]
+    expected = set(range(1, len(spec.stages) + 1)) - ({2} if name in WEIGHTLESS_STAGE else set())
+    assert None not in stages and set(stages) == expected
+    if name not in INTERLEAVED:
+        assert stages == sorted(stages)
+    for layer in base.layers:
+        for node in layer._inbound_nodes:
+            for parent in node.parent_nodes:
+                assert strides[parent.operation.name] <= strides[layer.name], layer.name
+
+
+def test_stages_of_are_cached_per_backbone(bases):
+    base = bases["mobilenetv2"]
+    first = stages_of(base, "mobilenetv2")
+    assert strides_of(base, "mobilenetv2") == strides_of(base)  # cached equals recomputed
+    assert first == stages_of(base, "mobilenetv2")
+
+
+# The stages as they were written by hand before they were derived: the derived ones must
+# unfreeze exactly the same weighted layers.
+HAND_WRITTEN = {
+    "resnet50": (r"conv1_|pool1_", r"conv2_", r"conv3_", r"conv4_", r"conv5_"),
+    "mobilenetv2": (r"Conv1|bn_Conv1|Conv1_relu|expanded_conv_", r"block_[12]_", r"block_[345]_",
+                    r"block_([6-9]|1[0-2])_", r"block_1[3-6]_|Conv_1|out_relu"),
+    "efficientnetb0": (r"rescaling|normalization|stem_|block1", r"block2", r"block3",
+                       r"block[45]", r"block[67]|top_"),
+    "vgg16": (r"block1_", r"block2_", r"block3_", r"block4_", r"block5_"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HAND_WRITTEN))
+@pytest.mark.parametrize("blocks", [1, 2, 3, 4, 5])
+def test_derived_stages_unfreeze_what_the_hand_written_did(bases, name, blocks):
+    def hand_stage(layer_name: str) -> int:
+        return next((i for i, pattern in enumerate(HAND_WRITTEN[name], start=1)
+                     if re.match(pattern, layer_name)), 0)
+
+    base = bases[name]
+    unfreeze_top(base, BACKBONES[name], blocks, None)
+    derived = {layer.name for layer in base.layers if layer.weights and layer.trainable}
+    by_hand = {layer.name for layer in base.layers
+               if layer.weights and hand_stage(layer.name) >= 6 - blocks
+               and not isinstance(layer, keras.layers.BatchNormalization)}
+    assert derived == by_hand
+    base.trainable = True
+
+
+def shape_strides(model, size: int) -> dict[str, int]:
+    """Output stride of each layer with a spatial output, read off its output shape."""
+    return {layer.name: size // layer.output.shape[1] for layer in model.layers
+            if len(layer.output.shape) == 4 and layer.output.shape[1] > 1}
+
+
+# Networks whose blocks downsample first: a layer's stage is exactly its output stride.
+@pytest.mark.parametrize("name", ["resnet50", "resnet101", "convnexttiny"])
+def test_unfreeze_one_block_is_exactly_the_largest_output_stride(name):
+    spec = BACKBONES[name]
+    base = build_base(spec, 128, None, None)
+    strides = shape_strides(base, 128)
+    unfreeze_top(base, spec, 1, None)
+    trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
+    expected = {layer.name for layer in base.layers if layer.weights
+                and strides.get(layer.name) == 32  # 128 px in, 4 px out
+                and not isinstance(layer, keras.layers.BatchNormalization)}
+    assert trainable == expected
+
+
+# Networks whose blocks downsample at their end (VGG's pool, an inverted residual's depthwise,
+# DenseNet's transition):
+# the top stage is the stride-32 layers plus the block that leads into them, nothing below 16.
+@pytest.mark.parametrize("name", ["vgg19", "mobilenetv2", "efficientnetv2b0", "resnet50v2",
+                                  "densenet121"])
+def test_unfreeze_one_block_takes_the_block_entering_the_largest_stride(name):
+    spec = BACKBONES[name]
+    base = build_base(spec, 128, None, None)
+    strides = shape_strides(base, 128)
+    unfreeze_top(base, spec, 1, None)
+    trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
+    top = {layer.name for layer in base.layers if layer.weights and strides.get(layer.name) == 32
+           and not isinstance(layer, keras.layers.BatchNormalization)}
+    assert top <= trainable
+    assert all(strides.get(layer, 32) >= 16 for layer in trainable)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -112,9 +215,12 @@ class _Fetched(Exception):
     """Raised by the stand-in get_file once it has recorded what Keras asked for."""
 
 
-@pytest.mark.parametrize(("name", "size"), [("resnet50", 32), ("mobilenetv2", 32),
-                                            ("mobilenetv2", 96), ("efficientnetb0", 32),
-                                            ("vgg16", 32)])
+@pytest.mark.parametrize(("name", "size"), [
+    ("resnet50", 32), ("mobilenetv2", 32), ("mobilenetv2", 96), ("efficientnetb0", 32),
+    ("vgg16", 32), ("vgg19", 32), ("resnet101", 32), ("resnet50v2", 32), ("densenet121", 32),
+    ("mobilenet", 32), ("mobilenet", 128), ("mobilenetv3small", 32), ("efficientnetb1", 32),
+    ("efficientnetv2b0", 32), ("convnexttiny", 32), ("inceptionv3", 75),
+    ("inceptionresnetv2", 75), ("xception", 71), ("nasnetmobile", 224)])
 def test_imagenet_file_is_the_one_keras_asks_for(monkeypatch, name, size):
     from keras.src.utils import file_utils
 
@@ -151,3 +257,20 @@ def test_keras_models_dir_matches_keras(tmp_path, keras_home):
     out = subprocess.run([sys.executable, "-c", script], env=env, text=True, capture_output=True,
                          check=True).stdout.split()
     assert out[0] == out[1]
+
+
+def test_backbones_command_prints_the_table(capsys):
+    from tlbench.backbones_cli import main
+
+    assert main(["--only", "vgg16", "pixels"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| vgg16 | vgg | 14.7M | 32 | 224 |")
+    assert "32: block5_conv1" in lines[2] and "vgg16_weights_tf_dim_ordering" in lines[2]
+
+
+def test_backbones_command_unknown_name_is_one_line():
+    from tlbench.backbones_cli import main
+
+    with pytest.raises(SystemExit, match="did you mean resnet50") as err:
+        main(["--only", "resnet5"])
+    assert "\n" not in str(err.value)

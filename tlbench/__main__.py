@@ -137,7 +137,8 @@ hydra_app = hydra.main(version_base="1.3", config_path="pkg://tlbench.conf",
 
 
 SUBCOMMANDS = {"server": "tlbench.server", "report": "tlbench.report.__main__",
-               "weights": "tlbench.weights", "rank": "tlbench.rank"}
+               "weights": "tlbench.weights", "rank": "tlbench.rank",
+               "backbones": "tlbench.backbones_cli"}
 
 
 def main() -> None:

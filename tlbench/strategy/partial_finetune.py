@@ -77,6 +77,9 @@ class PartialFinetune(Strategy):
             return Route("images", "unfreeze_fraction may cut inside a block: no cached cut")
         if self.config.unfreeze_blocks == len(entry.stages):
             return Route("images", "every stage is unfrozen: nothing frozen to cache")
+        if not entry.cut_at_one_tensor:
+            return Route("images", f"{entry.name}'s cells take two inputs: no single tensor to "
+                                   "cache at the cut")
         return route
 
     def cut(self, base, entry) -> str:
