@@ -82,7 +82,7 @@ def refuse_source_overlap(config: RunConfig, source: data.LabelledImages,
     evaluated = np.concatenate([splits.val, splits.test])
     overlap = 0
     if trained.images.image_shape == source.images.image_shape:
-        seen = trained.image_digests(positions)
+        seen = set(trained.image_digests(positions))
         overlap = sum(digest in seen for digest in source.image_digests(evaluated))
     if overlap:
         raise TlbenchError(

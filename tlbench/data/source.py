@@ -88,13 +88,11 @@ class LabelledImages:
         """A digest of the images, labels and class names: the feature cache's dataset key."""
         return self._fingerprint
 
-    def image_digests(self, positions: np.ndarray) -> set[str]:
+    def image_digests(self, positions: np.ndarray) -> list[str]:
         """sha256 of each image at `positions`, its pixels rounded to uint8 as served."""
-        digests = set()
-        for start in range(0, len(positions), 256):
-            for image in self.images[positions[start:start + 256]]:
-                digests.add(hashlib.sha256(np.round(image).astype(np.uint8).tobytes()).hexdigest())
-        return digests
+        return [hashlib.sha256(np.round(image).astype(np.uint8).tobytes()).hexdigest()
+                for start in range(0, len(positions), 256)
+                for image in self.images[positions[start:start + 256]]]
 
     @functools.cached_property
     def _fingerprint(self) -> str:
