@@ -204,3 +204,20 @@ def test_logreg_probe_standardises_random_features(tiny_config, tmp_path):
     assert probe.metrics["test_accuracy"] > unscaled_accuracy + 0.25
     assert probe.metrics["logreg_c"] in config.strategy.head.c_grid
     assert probe.metrics["params_trainable"] == 1280 * 10 + 10
+
+
+def test_feature_cost_does_not_depend_on_which_run_filled_the_cache(tiny_config, tmp_path):
+    """The run that fills the cache pays the forward pass in time (feature_seconds), but every
+    run using the same number of rows reports the same cost (feature_cost_seconds)."""
+    from tlbench import strategy
+    from tlbench.prepare import prepare
+
+    metrics = []
+    for lr in (0.001, 0.01):  # same base and images, another head
+        config = tiny_config("backbone=vgg16", f"trainer.lr={lr}", f"cache.dir={tmp_path}")
+        metrics.append(strategy.for_run(config).train(prepare(config, None, None)).metrics)
+    first, second = metrics
+    assert first["frozen_rows_computed"] > 0 and second["frozen_rows_computed"] == 0
+    assert second["feature_cost_seconds"] == pytest.approx(first["feature_cost_seconds"])
+    assert first["feature_cost_seconds"] > 0
+    assert first["feature_seconds"] > second["feature_seconds"]
