@@ -18,7 +18,7 @@ METRICS = {
     "test_accuracy", "val_accuracy", "test_macro_f1", "train_accuracy", "fit_seconds",
     "first_epoch_seconds", "steady_epoch_seconds", "train_images_per_second", "setup_seconds",
     "params_total", "params_trainable", "params_non_trainable", "epochs_run", "n_train", "n_val",
-    "n_test", "n_classes",
+    "n_test", "n_classes", "flops",
 }
 TAGS = {"sweep_id", "config_hash", "tlbench_version", "git_commit", "tensorflow_version",
         "keras_version", "mlflow_version", "device", "weights.kind", "command"}

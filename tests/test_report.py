@@ -352,7 +352,7 @@ def test_cli_writes_report_with_ranking_and_progress(report: tuple[Path, str, st
     assert "Fetched 18 runs" in stdout and "Wrote " in stdout
     assert "- **Runs:** 18: 15 finished, 2 failed, 1 other" in markdown
     rows = [table_cells(line) for line in markdown.splitlines() if re.match(r"\| \d+ \| ", line)]
-    ranking = [cells for cells in rows if len(cells) == 13]
+    ranking = [cells for cells in rows if len(cells) == 15]
     assert [(c[1].strip(), c[2].strip()) for c in ranking] == [
         ("resnet50", r"full\_retrain"), ("resnet50", r"feature\_extraction"),
         ("resnet50", r"full\_retrain"), ("resnet50", r"feature\_extraction"),
@@ -807,3 +807,19 @@ def test_tune_on_a_key_the_runs_lack_is_one_line_and_status_1(
     assert stderr == ("tlbench.report: error: --tune optimizer.lr: not a param of the sweep's "
                       "runs; did you mean trainer.lr?\n")
     assert not out.exists()
+
+
+def test_multiply_adds_get_a_column_and_a_pareto_front(runs: pd.DataFrame) -> None:
+    """Runs that logged `flops` (multiply-adds) are ranked with it and get an accuracy-vs-cost
+    front of their own; runs without it (older runs) leave the front out."""
+    flops = {"resnet50": 3.86e9, "mobilenetv2": 0.30e9, "vgg16": 15.3e9}
+    with_flops = runs.assign(**{"metrics.flops": runs["params.backbone.name"].map(flops)})
+    analysis = analyse(with_flops, "test_accuracy")
+    front = analysis.flops_front
+    assert not front.empty and front["flops"].is_monotonic_increasing
+    assert front["mean"].is_monotonic_increasing  # each costlier point must be better
+    source = Source("tlbench", "sweep-a", "sqlite://", "test_accuracy")
+    assert "### test\\_accuracy vs multiply-adds" in render.pareto(analysis, source, {
+        "accuracy-vs-time": "x.png"})
+    assert "multiply-adds" not in render.pareto(analyse(runs, "test_accuracy"), source, {
+        "accuracy-vs-time": "x.png"})

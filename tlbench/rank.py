@@ -136,6 +136,7 @@ def score_candidate(candidate: Candidate, uri: str, tags: dict[str, str]) -> Non
     from threadpoolctl import threadpool_limits
 
     from tlbench import backbone, features, identity, prepare, scores, track
+    from tlbench.backbone.cost import multiply_adds
 
     config = candidate.config
     kind = backbone.weights_kind(config.backbone.weights)
@@ -167,7 +168,8 @@ def score_candidate(candidate: Candidate, uri: str, tags: dict[str, str]) -> Non
             "cache_hit": float(features.cache_root(config.cache) is not None
                                and frozen.computed == 0),
             "n_train": len(y), "n_classes": len(prepared.source.class_names),
-            "n_features": x.shape[1],
+            "n_features": x.shape[1], "params_total": prepared.base.count_params(),
+            "flops": multiply_adds(prepared.base, config.backbone.input_size),
         }, [], {"config.yaml": config_yaml(config)})
         if candidate.skipped:
             MlflowClient(uri).set_tag(run_id, "scores.skipped", candidate.skipped)

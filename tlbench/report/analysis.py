@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -36,6 +36,7 @@ class Analysis:
     gains: pd.DataFrame
     time_front: pd.DataFrame
     params_front: pd.DataFrame
+    flops_front: pd.DataFrame = field(default_factory=pd.DataFrame)
     scores: ScoreAgreement | None = None
     tuned: tuple[str, ...] = ()
     choices: pd.DataFrame | None = None
@@ -66,6 +67,7 @@ def analyse(runs: pd.DataFrame, metric: str, score_runs: pd.DataFrame | None = N
         gains=gains_over_scratch(tidy, summary, shown),
         time_front=pareto_front(summary, "fit_seconds"),
         params_front=pareto_front(summary, "params_trainable"),
+        flops_front=pareto_front(summary, "flops"),
         scores=None if score_runs is None else score_agreement(tidy, summary, shown, score_runs),
     )
 

@@ -159,11 +159,13 @@ def ranking(analysis: Analysis, source: Source) -> str:
     summary, shown, tuned = analysis.summary, analysis.shown, list(analysis.tuned)
     ranked = summary.head(source.top) if source.top else summary
     headers = ["rank", *shown, *chosen_headers(tuned), "n", "mean", "std", "95% CI", "fit s",
-               "trainable params", "total params", "metric per fit s", "vs leader"]
+               "trainable params", "total params", "GMACs", "forward img/s",
+               "metric per fit s", "vs leader"]
     rows = [(row["rank"], *(row[c] for c in [*shown, *tuned]), row["n"],
              number(row["mean"], ".3f"),
              number(row["std"], ".3f"), plus_minus(row["ci"]), number(row["fit_seconds"], ".1f"),
              number(row["params_trainable"], ",.0f"), number(row["params_total"], ",.0f"),
+             number(row["flops"] / 1e9, ".3g"), number(row["forward_images_per_second"], ",.0f"),
              number(row["per_second"], ".3g"), row["verdict"])
             for _, row in ranked.iterrows()]
     lines = [f"## Ranking by {escape(source.metric)}", "", ranking_verdict(summary, shown), ""]
@@ -175,7 +177,7 @@ def ranking(analysis: Analysis, source: Source) -> str:
                   f"report with --tune {escape(','.join(untuned))}.", ""]
     if len(ranked) < len(summary):
         lines += [f"Top {len(ranked)} of {len(summary)} configurations (`--top`).", ""]
-    lines.append(table(headers, rows, "r" + "l" * (len(shown) + len(tuned)) + "r" * 8 + "l"))
+    lines.append(table(headers, rows, "r" + "l" * (len(shown) + len(tuned)) + "r" * 10 + "l"))
     return "\n".join(lines)
 
 
@@ -284,7 +286,10 @@ def pareto(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
                 "and the cost (lower), cheapest first; the plot numbers the fit-time front."]
     for title, front, cost, spec in (("fit time", analysis.time_front, "fit_seconds", ".1f"),
                                      ("trainable params", analysis.params_front,
-                                      "params_trainable", ",.0f")):
+                                      "params_trainable", ",.0f"),
+                                     ("multiply-adds", analysis.flops_front, "flops", ",.0f")):
+        if front.empty:
+            continue
         rows = [(i, config_label(row, shown), number(row["mean"], ".3f"), number(row[cost], spec))
                 for i, (_, row) in enumerate(front.iterrows(), start=1)]
         sections += ["", f"### {metric} vs {title}", "",

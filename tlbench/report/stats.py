@@ -24,7 +24,8 @@ SCRATCH = "scratch"
 MISSING = "–"
 BACKBONE, STRATEGY, SIZE = "backbone.name", "strategy.name", "data.train_size"
 ALWAYS_SHOWN = (BACKBONE, STRATEGY, SIZE)
-COSTS = ("fit_seconds", "params_trainable", "params_total", "n_train", "flops")
+COSTS = ("fit_seconds", "params_trainable", "params_total", "n_train", "flops",
+         "forward_images_per_second")
 SELECTION_METRIC = "val_accuracy"  # the only metric anything is chosen on; never a test metric
 RUN_FIELDS = ("seed", "value", "selection", *COSTS, "command")
 KIND_TAG, SCORE_KIND = "tlbench.kind", "score"
@@ -289,7 +290,9 @@ def pareto_mask(benefit: ArrayLike, cost: ArrayLike) -> np.ndarray:
 
 
 def pareto_front(summary: pd.DataFrame, cost: str) -> pd.DataFrame:
-    """The configurations on the (mean metric up, `cost` down) Pareto front, cheapest first."""
+    """The configurations on the (mean metric up, `cost` down) Pareto front, cheapest first
+    (among those that logged the cost)."""
+    summary = summary[summary[cost].notna()]
     front = summary[pareto_mask(summary["mean"], summary[cost])]
     return front.sort_values(cost, kind="stable")
 

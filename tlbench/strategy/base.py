@@ -10,6 +10,7 @@ before TensorFlow starts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 
 from tlbench import features, registry
 from tlbench.backbone import BackboneSpec, preprocessed
+from tlbench.backbone.cost import multiply_adds
 from tlbench.config import DenseHeadConfig, RunConfig, StrategyConfig, TrainerConfig
 from tlbench.data import materialise
 from tlbench.errors import check
@@ -105,6 +107,7 @@ class Strategy:
         from tlbench import train
 
         run, entry, base = prepared.config, prepared.entry, prepared.base
+        cost = {"flops": multiply_adds(base, run.backbone.input_size)}
         route = self.route(run, entry)
         log.info("backbone %s (weights=%s, %dpx); trains on %s: %s", entry.name,
                  prepared.weights, run.backbone.input_size, route.inputs, route.reason)
@@ -118,6 +121,7 @@ class Strategy:
             self.log_phases(plan)
             result = train.train_and_evaluate(plan, {"images": dataset}, run.trainer, run.seed)
             result.summary = train.model_summary(plan.model)
+            result.metrics |= cost
             return result
         taps = [features.POOLED, *([self.cut(base, entry)] if route.inputs == "cut" else [])]
         root = features.cache_root(run.cache)
@@ -128,11 +132,14 @@ class Strategy:
                                                   else {})
         result = self.fit_frozen(base, entry, inputs, run)
         computed = sum(tap.computed for tap in frozen)
-        result.metrics |= {"cache_hit": float(root is not None and computed == 0),
-                           "frozen_rows_computed": computed,
-                           "feature_seconds": sum(tap.seconds for tap in frozen),
-                           "feature_cost_seconds": sum(tap.cost for tap in frozen),
-                           "feature_wait_seconds": sum(tap.waited for tap in frozen)}
+        if frozen[0].computed and frozen[0].cost:  # measured when the pooled rows were computed
+            used = np.unique(np.concatenate(dataclasses.astuple(prepared.splits)))
+            cost["forward_images_per_second"] = len(used) / frozen[0].cost
+        result.metrics |= cost | {"cache_hit": float(root is not None and computed == 0),
+                                  "frozen_rows_computed": computed,
+                                  "feature_seconds": sum(tap.seconds for tap in frozen),
+                                  "feature_cost_seconds": sum(tap.cost for tap in frozen),
+                                  "feature_wait_seconds": sum(tap.waited for tap in frozen)}
         return result
 
     def log_phases(self, plan: Plan) -> None:
