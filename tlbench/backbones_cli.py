@@ -12,9 +12,11 @@ import argparse
 import time
 
 from tlbench.backbone import BACKBONES, BackboneSpec, build_base, imagenet_path, stages_of
+from tlbench.backbone.cost import multiply_adds
 from tlbench.errors import TlbenchError
 
-HEADER = ("backbone", "family", "params", "min px", "default px", "preprocessing",
+HEADER = ("backbone", "family", "params", "GMACs at default px", "min px", "default px",
+          "preprocessing",
           "first layer of each stage (output stride)", "ImageNet file", "cached", "build s")
 
 
@@ -38,6 +40,7 @@ def row(spec: BackboneSpec) -> tuple[str, ...]:
     if spec.has_weights:
         cached = "yes" if imagenet_path(spec, spec.default_input_size).is_file() else "no"
     return (spec.name, spec.family, f"{model.count_params() / 1e6:.1f}M",
+            f"{multiply_adds(model, spec.default_input_size) / 1e9:.2f}",
             str(spec.min_input_size), str(spec.default_input_size), spec.preprocessing,
             first_layers(model, spec) if spec.stages else "(no stages)",
             spec.imagenet_file(spec.default_input_size) if spec.has_weights else "",
