@@ -161,3 +161,12 @@ def test_lora_predicts_the_same_once_merged(tiny_config):
     assert merged.count_params() == plan.model.count_params() - factors
     np.testing.assert_allclose(merged.predict(dataset.x_test, verbose=0),
                                plan.model.predict(dataset.x_test, verbose=0), atol=1e-5)
+
+
+def test_strategies_sweep_lists_every_strategy_three_times(tmp_path):
+    result = tlbench("-m", "+sweep=strategies", "dry_run=true", cwd=tmp_path,
+                     uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "dry run: 24 to run, 0 to skip" in result.stdout
+    for name in registry.STRATEGIES:
+        assert result.stdout.count(f"planned mobilenetv2-{name}-nall-s") == 3, name
