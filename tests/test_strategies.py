@@ -85,8 +85,9 @@ def test_counts_order_as_the_methods_say(strategies_multirun):
 def test_gradual_unfreeze_logs_its_phases(strategies_multirun):
     result, _, runs = strategies_multirun
     run = runs["gradual_unfreeze"]
-    assert "phases head(1 ep, lr=0.001, on features), stage5(1 ep, lr=0.0001, on cut), " \
-           "stage4(1 ep, lr=5e-05, on cut), stage3(1 ep, lr=2.5e-05, on cut)" in result.stderr
+    phases = "phases head(1 ep, lr=0.001, on features), stage5(1 ep, lr=0.0001, on cut), " \
+             "stage4(1 ep, lr=5e-05, on cut), stage3(1 ep, lr=2.5e-05, on cut)"
+    assert phases in result.stdout + result.stderr
     assert run.data.tags["inputs"] == "cut"
     assert {key: value for key, value in run.data.metrics.items()
             if key.startswith("epochs_")} == {"epochs_run": 4, "epochs_head": 1,
@@ -96,7 +97,8 @@ def test_gradual_unfreeze_logs_its_phases(strategies_multirun):
 
 def test_lp_ft_probes_then_fine_tunes(strategies_multirun):
     result, _, runs = strategies_multirun
-    assert "phases probe(50 ep, lr=0.001, on images), finetune(1 ep, lr=0.0001" in result.stderr
+    assert "phases probe(50 ep, lr=0.001, on images), finetune(1 ep, lr=0.0001" in (
+        result.stdout + result.stderr)
     assert runs["lp_ft"].data.metrics["epochs_run"] == 51
 
 
