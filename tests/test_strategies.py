@@ -3,11 +3,14 @@ one computed here from a fresh network; fine_tune_at, LoRA on the cached cut, Lo
 
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 import pytest
 
 from tlbench import registry, strategy
+from tlbench.errors import TlbenchError
 from tlbench.prepare import prepare
 from tlbench.strategy.lora import merge
 from tlbench.train import count_params, fit
@@ -137,6 +140,15 @@ def test_fine_tune_at_trains_the_layers_from_that_index(tiny_config):
     base = fresh_base()
     assert count_params(plan.model)["params_trainable"] == HEAD + sum(
         layer.count_params() for layer in base.layers[100:] if not is_bn(layer))
+
+
+def test_fine_tune_at_beyond_the_base_is_one_line(tiny_config):
+    config = tiny_config("strategy=partial_finetune", "strategy.unfreeze_blocks=null",
+                         "strategy.fine_tune_at=1000")
+    with pytest.raises(TlbenchError, match=re.escape(
+            "strategy.fine_tune_at=1000 is invalid: expected a layer index below 154 (the base's "
+            "layer count).")):
+        build_run(config)
 
 
 def test_lora_on_the_top_stage_trains_on_the_cached_cut(tiny_config):
