@@ -51,12 +51,13 @@ def test_summary_lists_failures(tmp_path):
         "  FAILED b: boom"]
 
 
-@pytest.mark.parametrize("name", ["quick", "default", "literature", "floor", "tuned"])
+@pytest.mark.parametrize("name", ["quick", "default", "literature", "floor", "tuned", "strategies"])
 def test_packaged_sweeps_dry_run(tmp_path, name):
     result = tlbench("-m", f"+sweep={name}", "dry_run=true", cwd=tmp_path,
                      uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert result.returncode == 0, result.stderr[-2000:]
-    expected = {"quick": 6, "default": 72, "literature": 54, "floor": 27, "tuned": 27}[name]
+    expected = {"quick": 6, "default": 72, "literature": 54, "floor": 27, "tuned": 27,
+                "strategies": 24}[name]
     assert f"dry run: {expected} to run, 0 to skip" in result.stdout
     assert f"[{expected}/{expected}]" in result.stdout
     assert runs_of(f"sqlite:///{tmp_path}/mlflow.db") == []

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from tlbench import registry
 from tlbench.config import RunConfig
-from tlbench.strategy import feature_extraction, full_retrain, partial_finetune  # noqa: F401
+from tlbench.strategy import (  # noqa: F401
+    bitfit,
+    feature_extraction,
+    full_retrain,
+    gradual_unfreeze,
+    lora,
+    lp_ft,
+    partial_finetune,
+)
 from tlbench.strategy.base import Route, Strategy, head_layers, with_head
 
 __all__ = ["Route", "Strategy", "for_run", "head_layers", "with_head"]
