@@ -5,8 +5,9 @@
 
 Without --store it logs a 2-job sweep (pixels backbone, synthetic data, about a minute on 2 CPU
 cores) into a temporary sqlite store and reports on it (attaching the report to the sweep's parent
-run). It then starts `mlflow server` on 127.0.0.1, and writes into --out: experiment.png (the
-experiment page as it opens: the runs table with its Dataset column, the jobs grouped under the
+run). It then starts `mlflow server` on 127.0.0.1, and writes into --out: experiment-default.png
+(the experiment's plain link: MLflow 3.17 opens its GenAI overview), experiment.png (the same with
+?workflowType=machine_learning: the runs table with its Dataset column, the jobs grouped under the
 sweep's parent run), run.png (a job's page, its description shown), parent.png (the sweep's run)
 and urls.txt. Needs chromium (or chromium-headless-shell) on PATH: `apt-get install -y chromium`.
 """
@@ -27,6 +28,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+# MLflow 3.17's UI opens every experiment in its GenAI view (the mlflow.experimentKind tag no
+# longer decides) unless the URL asks for model training or the user once switched to it.
+MODEL_TRAINING = "workflowType=machine_learning"
 BROWSERS = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome")
 SWEEP = ["-m", "backbone=pixels", "backbone.weights=null", "data=synthetic", "data.n_classes=2",
          "data.images_per_class=20", "trainer.epochs=1", "trainer.patience=null", "seed=0,1"]
@@ -100,8 +104,9 @@ def pages(store: str, url: str, experiment: str) -> dict[str, str]:
     job = next((r for r in runs if "mlflow.parentRunId" in r.data.tags), runs[0])
     parent = job.data.tags.get("mlflow.parentRunId")
     base = f"{url}/#/experiments/{experiment_id}"
-    return {"experiment": base, "run": f"{base}/runs/{job.info.run_id}"} | (
-        {"parent": f"{base}/runs/{parent}"} if parent else {})
+    return {"experiment-default": base, "experiment": f"{base}?{MODEL_TRAINING}",
+            "run": f"{base}/runs/{job.info.run_id}?{MODEL_TRAINING}"} | (
+        {"parent": f"{base}/runs/{parent}?{MODEL_TRAINING}"} if parent else {})
 
 
 def main(argv: list[str] | None = None) -> int:
