@@ -78,7 +78,7 @@ def load_npz_images(cfg: NpzConfig) -> LabelledImages:
                            f"({short_reason(exc)}); save one with np.savez(path, x_train=..., "
                            "y_train=..., x_test=..., y_test=...).") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise TlbenchError(f"data.path={cfg.path!r}: a single .npy array, not an .npz archive; "
+        raise TlbenchError(f"data.path={cfg.path}: a single .npy array, not an .npz archive; "
                            "save the four arrays in one file with np.savez(path, x_train=..., "
                            "y_train=..., x_test=..., y_test=...).")
     with archive:
