@@ -35,10 +35,12 @@ def tlbench(*args: str, cwd: Path, uri: str | None = None, python: str = sys.exe
 
 
 def runs_of(uri: str):
-    """Every run of the tlbench experiment, as MLflow returns them."""
+    """Every job's run of the tlbench experiment (sweeps' parent runs left out), as MLflow
+    returns them."""
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tlbench")
-    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+    runs = [] if experiment is None else client.search_runs([experiment.experiment_id])
+    return [r for r in runs if r.data.tags.get("tlbench.kind") != "sweep"]
 
 
 @pytest.fixture(scope="module")

@@ -140,8 +140,9 @@ def test_sigterm_mid_run_ends_the_run_killed_and_the_summary_says_so(tmp_path):
     finally:
         process.kill()
     assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
-    (run,) = MlflowClient(uri).search_runs([_experiment_id(uri)])
-    assert run.info.status == "KILLED"
+    parent, run = sorted(MlflowClient(uri).search_runs([_experiment_id(uri)]),
+                         key=lambda r: r.info.start_time)
+    assert run.info.status == "KILLED" and parent.info.status == "KILLED"  # the sweep's too
     assert run.data.tags["error"] == "Terminated: signal SIGTERM"
     assert run.data.tags["mlflow.note.content"] == "KILLED: Terminated: signal SIGTERM"
     assert "1 killed (rerun the command to resume)" in output
@@ -156,7 +157,7 @@ def _running_runs(uri: str) -> list:
     try:
         experiment = MlflowClient(uri).get_experiment_by_name("tlbench")
         return [] if experiment is None else MlflowClient(uri).search_runs(
-            [experiment.experiment_id], "attributes.status = 'RUNNING'")
+            [experiment.experiment_id], "attributes.status = 'RUNNING' and tags.config_hash != ''")
     except Exception:  # noqa: BLE001 - the store may not exist yet
         return []
 

@@ -54,7 +54,8 @@ def test_scratch_under_two_weights_trains_once_and_a_changed_npz_is_rerun(tmp_pa
     def finished() -> list:
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("tlbench")
-        return client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+        return client.search_runs([experiment.experiment_id],
+                                  "attributes.status = 'FINISHED' and tags.config_hash != ''")
 
     first = tlbench(*command, cwd=tmp_path, uri=uri)
     assert first.returncode == 0, first.stderr[-2000:]

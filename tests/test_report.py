@@ -768,7 +768,7 @@ def best_lr_on_validation(uri: str) -> dict[str, tuple[str, str]]:
     experiment = client.get_experiment_by_name("tlbench").experiment_id
     val: dict[tuple[str, str], list[float]] = {}
     test: dict[tuple[str, str], list[float]] = {}
-    for run in client.search_runs([experiment]):
+    for run in client.search_runs([experiment], "tags.config_hash != ''"):  # jobs, not the sweep
         key = (run.data.params["data.train_size"], run.data.params["trainer.lr"])
         val.setdefault(key, []).append(run.data.metrics["val_accuracy"])
         test.setdefault(key, []).append(run.data.metrics["test_accuracy"])

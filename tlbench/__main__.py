@@ -148,7 +148,7 @@ def main() -> None:
     try:
         hydra_app()
     finally:
-        sweep.SweepCallback.print_summary()
+        sweep.SweepCallback.finish()
     if sweep.SweepCallback.failed_jobs():
         sys.exit(1)
 

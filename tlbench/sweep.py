@@ -2,6 +2,10 @@
 
 Each job appends one JSON line to `<sweep dir>/tlbench_jobs.jsonl`; progress lines and the final
 summary are read from it, so they work with any launcher that shares the sweep folder.
+
+A multirun is also a parent MLflow run (tags `sweep_id`, `tlbench.kind=sweep`), created by the
+launching process before any job; each job's run names it in `mlflow.parentRunId`, so MLflow's UI
+groups a sweep's runs under it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("tlbench")
 
 JOBS_FILE = "tlbench_jobs.jsonl"
+KIND_TAG, SWEEP_KIND = "tlbench.kind", "sweep"  # the parent run of a multirun
+NOTE = "mlflow.note.content"  # a run's description in MLflow's UI
 NOT_IDENTITY = ("tracking.", "dry_run", "trainer.verbose", "hydra.", "hydra/")
 
 
@@ -74,6 +80,11 @@ def sweep_id_of(overrides: list[str]) -> str:
     return f"{name}-{digest}"
 
 
+def multirun_sweep_id(overrides: list[str], folder: Path) -> str:
+    """A multirun's id: from its grid's overrides, else from its folder's name."""
+    return sweep_id_of(overrides) if overrides else f"sweep-{folder.name}"
+
+
 def current_sweep() -> SweepInfo:
     """This job's sweep, read from the multirun.yaml Hydra writes into the sweep folder."""
     hc = HydraConfig.get()
@@ -83,8 +94,8 @@ def current_sweep() -> SweepInfo:
     folder = Path(hc.sweep.dir).resolve()
     saved = folder / "multirun.yaml"
     overrides = _sweep_overrides(OmegaConf.load(saved).hydra) if saved.is_file() else []
-    sweep_id = sweep_id_of(overrides) if overrides else f"sweep-{folder.name}"
-    return SweepInfo(sweep_id, folder, hc.job.num, grid_size(overrides) if overrides else None)
+    return SweepInfo(multirun_sweep_id(overrides, folder), folder, hc.job.num,
+                     grid_size(overrides) if overrides else None)
 
 
 def worker_threads() -> int | None:
@@ -183,6 +194,44 @@ def prepare_store(config: DictConfig) -> None:
                     "sweeps start `tlbench server` and pass its tracking.uri")
 
 
+def sweep_parent_id(client, experiment_id: str, sweep_id: str | None,
+                    status: str | None = None) -> str | None:
+    """The run id of the sweep's parent run (the oldest, should two launchers race), optionally
+    only while it has this status; None when there is none or `sweep_id` is None."""
+    if not sweep_id or "'" in sweep_id:
+        return None
+    query = f"tags.sweep_id = '{sweep_id}' and tags.`{KIND_TAG}` = '{SWEEP_KIND}'"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"],
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def open_parent_run(client, experiment_id: str, sweep_id: str, command: str) -> str:
+    """The sweep's parent run, RUNNING: created on the first launch, reused (set RUNNING again)
+    when the same grid is launched again to resume it."""
+    from tlbench.store import redact
+
+    run_id = sweep_parent_id(client, experiment_id, sweep_id)
+    if run_id is None:
+        return client.create_run(experiment_id, run_name=sweep_id, tags={
+            "sweep_id": sweep_id, KIND_TAG: SWEEP_KIND, "command": redact(command),
+            NOTE: f"sweep {sweep_id}: running"}).info.run_id
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, NOTE, f"sweep {sweep_id}: running again (resumed)")
+    return run_id
+
+
+def parent_status(jobs: list[dict], completed: bool) -> str:
+    """How a sweep's parent run ends: KILLED if a job was killed, FAILED if one failed or the
+    multirun did not complete, else FINISHED."""
+    statuses = {job["status"] for job in jobs}
+    if "killed" in statuses:
+        return "KILLED"
+    return "FAILED" if "failed" in statuses or not completed else "FINISHED"
+
+
 def summary(folder: Path, elapsed: float) -> list[str]:
     """Closing lines of a sweep: counts by outcome, then each failure with its error."""
     jobs = read_jobs(folder)
@@ -200,15 +249,53 @@ def summary(folder: Path, elapsed: float) -> list[str]:
 
 
 class SweepCallback(Callback):
-    """Prepares the tracking store once before any job, and remembers the sweep for its summary."""
+    """Prepares the tracking store and opens the sweep's parent run once before any job, and
+    remembers the sweep for its summary and for closing the parent run."""
 
     folder: Path | None = None
     started: float = 0.0
+    parent: tuple[str, str] | None = None  # (tracking URI, run id) while the parent is open
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         SweepCallback.folder = Path(config.hydra.sweep.dir).resolve()
         SweepCallback.started = time.monotonic()
         prepare_store(config)
+        if not config.get("dry_run"):
+            SweepCallback.parent = start_parent(config, SweepCallback.folder)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        """Hydra calls this only when every job returned (it skips it after a failed job)."""
+        SweepCallback.end_parent(completed=True)
+
+    @classmethod
+    def end_parent(cls, completed: bool) -> None:
+        """End the parent run (once): its status from the jobs' outcomes, the summary as its
+        description. `completed`: the multirun returned; otherwise it ends FAILED or KILLED."""
+        if cls.parent is None or cls.folder is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        (uri, run_id), cls.parent = cls.parent, None
+        jobs = read_jobs(cls.folder)
+        status = parent_status(jobs, completed)
+        client = MlflowClient(uri)
+        client.set_tag(run_id, NOTE, f"{status}: " + summary(cls.folder, cls.elapsed())[0])
+        client.set_terminated(run_id, status)
+
+    @classmethod
+    def elapsed(cls) -> float:
+        """Seconds since the multirun this process launched started."""
+        return time.monotonic() - cls.started
+
+    @classmethod
+    def finish(cls) -> None:
+        """After the Hydra app returns or raises: close the parent run if Hydra did not (a job
+        failed, or the sweep was interrupted), then log the summary."""
+        try:
+            cls.end_parent(completed=False)
+        except Exception as exc:  # noqa: BLE001 - the summary still follows
+            log.warning("the sweep's parent run was not closed: %s", exc)
+        cls.print_summary()
 
     @classmethod
     def failed_jobs(cls) -> int:
@@ -221,5 +308,21 @@ class SweepCallback(Callback):
     def print_summary(cls) -> None:
         """Log the closing lines of the multirun this process launched, if any."""
         if cls.folder is not None:
-            for line in summary(cls.folder, time.monotonic() - cls.started):
+            for line in summary(cls.folder, cls.elapsed()):
                 log.info(line)
+
+
+def start_parent(config: DictConfig, folder: Path) -> tuple[str, str]:
+    """Open the multirun's parent run in the launching process: (tracking URI, run id)."""
+    from mlflow.tracking import MlflowClient
+
+    from tlbench.store import ensure_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(config.tracking.uri)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, config.tracking.experiment)
+    sweep_id = multirun_sweep_id(_sweep_overrides(config.hydra), folder)
+    command = " ".join(["python -m tlbench -m", *config.hydra.overrides.task])
+    run_id = open_parent_run(client, experiment_id, sweep_id, command)
+    log.info("sweep %s: parent MLflow run %s", sweep_id, run_id)
+    return uri, run_id

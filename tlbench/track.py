@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING
 import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
 from tlbench import __version__
 from tlbench.config import RunConfig
 from tlbench.errors import last_line
 from tlbench.identity import config_hash, flatten, identity
 from tlbench.store import ensure_experiment, redact
+from tlbench.sweep import sweep_parent_id
 
 if TYPE_CHECKING:
     from tlbench.prepare import Prepared
@@ -182,7 +183,8 @@ def tracked_run(config: RunConfig, uri: str, tags: dict[str, str], digest: str |
                 values: dict | None = None, run_name: str | None = None) -> Iterator[str]:
     """Start an MLflow run with the config as params, beating its heartbeat while it runs; on
     exception end it FAILED (KILLED for SIGINT/SIGTERM), error tagged; its description
-    (`mlflow.note.content`) says how it ended. Tag values are redacted of passwords.
+    (`mlflow.note.content`) says how it ended. Tag values are redacted of passwords. A job of
+    a multirun becomes a child of its sweep's RUNNING parent run (found by its `sweep_id` tag).
 
     `digest` is the run's config_hash (computed if not given); `values` replaces
     identity(config) as the params (score runs log another identity than trained runs, so that
@@ -194,6 +196,8 @@ def tracked_run(config: RunConfig, uri: str, tags: dict[str, str], digest: str |
     experiment_id = ensure_experiment(client, config.tracking.experiment)
     for run_id in kill_stale_runs(client, experiment_id, digest):
         log.warning("marked stale RUNNING run %s of this config KILLED", run_id)
+    parent = sweep_parent_id(client, experiment_id, tags.get("sweep_id"), status="RUNNING")
+    tags = tags | ({MLFLOW_PARENT_RUN_ID: parent} if parent else {})  # the UI groups the sweep
     run = client.create_run(experiment_id, run_name=run_name or config.tracking.run_name,
                             tags={k: redact(v) for k, v in tags.items()} | {
                                 "config_hash": digest, "pid": str(os.getpid()),

@@ -213,7 +213,7 @@ def load_folder_images(cfg: FolderConfig) -> LabelledImages:
                     "data.on_bad_file=error refuses them instead", len(bad), bad[0][0], bad[0][1])
     small = [s for s in sizes if min(s) < size]
     note_upscaling(f"folder {root}", len(small), len(sizes),
-                    min(small, key=min, default=(0, 0)), size)
+                   min(small, key=min, default=(0, 0)), size)
     return LabelledImages(FolderImages(root, files, size), np.asarray(labels, np.int64), classes,
                           given_test)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from tlbench.errors import TlbenchError, check_choice
 from tlbench.paths import keras_home
 
 KERAS_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist")
+DOWNLOAD_TIMEOUT_SECONDS = 30  # a stalled download fails with one line instead of hanging
 
 
 @dataclass(kw_only=True)
@@ -68,12 +71,24 @@ def keras_datasets_dir() -> Path:
     return keras_home() / "datasets"
 
 
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """Bound every blocking socket operation (Keras downloads with urlretrieve, no timeout)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def load_keras_images(cfg: KerasConfig) -> LabelledImages:
     """cifar10, cifar100, mnist or fashion_mnist from keras.datasets: its train and test splits."""
     import keras
 
     try:
-        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, cfg.dataset).load_data()
+        with _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
+            (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, cfg.dataset).load_data()
     except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception when offline
         urls, name = KERAS_FILES[cfg.dataset]
         target = f"{keras_datasets_dir() / name}" + ("/" if name.endswith("/") else "")
@@ -87,7 +102,7 @@ def load_keras_images(cfg: KerasConfig) -> LabelledImages:
     size = source_size(cfg)
     if min(pixels.shape[1:3]) < size:
         note_upscaling(f"keras {cfg.dataset}", len(pixels), len(pixels),
-                        pixels.shape[2:0:-1], size)
+                       pixels.shape[2:0:-1], size)
     return LabelledImages(ArrayImages(pixels, size), labels, KERAS_CLASS_NAMES[cfg.dataset],
                           np.arange(len(x_train), len(pixels)))
 

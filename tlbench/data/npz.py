@@ -55,6 +55,19 @@ def _rgb_uint8(x: np.ndarray, key: str, path: str) -> np.ndarray:
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
+def _read_array(archive, key: str, path: str) -> np.ndarray:
+    """One array of the archive; an object array (ragged images, mixed items), which cannot be
+    read without pickle, is one line saying how to store it instead."""
+    try:
+        return archive[key]
+    except ValueError as exc:
+        raise TlbenchError(
+            f"data.path={path}: cannot read {key} ({short_reason(exc)}): it is an object array "
+            "(images of different sizes, or mixed items); save images as one uint8 array "
+            "(np.stack(images).astype('uint8'), resized to one size), labels as integers and "
+            "class_names as np.array(names, dtype=str).") from None
+
+
 def load_npz_images(cfg: NpzConfig) -> LabelledImages:
     """x_train, y_train, x_test, y_test (optional class_names) from one .npz; test split kept."""
     path = Path(cfg.path).expanduser()
@@ -64,14 +77,19 @@ def load_npz_images(cfg: NpzConfig) -> LabelledImages:
         raise TlbenchError(f"data.path={cfg.path!r}: cannot read it as an .npz file "
                            f"({short_reason(exc)}); save one with np.savez(path, x_train=..., "
                            "y_train=..., x_test=..., y_test=...).") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise TlbenchError(f"data.path={cfg.path}: a single .npy array, not an .npz archive; "
+                           "save the four arrays in one file with np.savez(path, x_train=..., "
+                           "y_train=..., x_test=..., y_test=...).")
     with archive:
         missing = [key for key in NPZ_KEYS if key not in archive.files]
         if missing:
             raise TlbenchError(f"data.path={cfg.path}: missing arrays {', '.join(missing)} (it "
                                f"has {', '.join(archive.files) or 'none'}); it needs "
                                f"{', '.join(NPZ_KEYS)}.")
-        arrays = {key: archive[key] for key in NPZ_KEYS}
-        names = archive["class_names"] if "class_names" in archive.files else None
+        arrays = {key: _read_array(archive, key, cfg.path) for key in NPZ_KEYS}
+        names = _read_array(archive, "class_names", cfg.path) \
+            if "class_names" in archive.files else None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"].reshape(-1)
         if len(x) != len(y):

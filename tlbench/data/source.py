@@ -126,11 +126,23 @@ def source_size(cfg: DataConfig) -> int:
 
 
 def note_upscaling(source: str, small: int, total: int, smallest: tuple[int, int],
-                    size: int) -> None:
-    """One log line per source when some of its images are smaller than the target side."""
+                   size: int) -> None:
+    """One log line per source when some of its images are smaller than the side they are
+    decoded at (data.input_size); what the backbone sees is stated by prepare's data line."""
     if small:
         log.info("data %s: %d of %d images are smaller than %dx%d (smallest %dx%d); "
-                 "they are upscaled", source, small, total, size, size, smallest[0], smallest[1])
+                 "they are upscaled to %dx%d when decoded (data.input_size)", source, small,
+                 total, size, size, smallest[0], smallest[1], size, size)
+
+
+def sizes_text(served: tuple[int, int], input_size: int) -> str:
+    """The sizes a run's images actually have: as served (decoded) and as the backbone sees
+    them, e.g. 'images decoded at 224x224, resized to 32x32 for the backbone'."""
+    height, width = served
+    if (height, width) == (input_size, input_size):
+        return f"images {width}x{height}, as the backbone sees them"
+    return (f"images decoded at {width}x{height}, resized to {input_size}x{input_size} for the "
+            "backbone (backbone.input_size)")
 
 
 def short_reason(exc: BaseException) -> str:

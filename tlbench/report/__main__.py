@@ -122,7 +122,24 @@ def write_report(args: argparse.Namespace) -> Path:
     source = Source(args.experiment, sweep_id, uri, args.metric, args.filter, args.top)
     path = args.out / f"{stem}.md"
     path.write_text(render.render_markdown(analysis, source, figures), encoding="utf-8")
+    attach_to_sweep_run(client, experiment, sweep_id, [path, *(args.out / f for f in
+                                                             figures.values())])
     return path
+
+
+def attach_to_sweep_run(client, experiment: str, sweep_id: str, files: list[Path]) -> None:
+    """Log the report and its plots under `report/` of the sweep's parent run, if it has one."""
+    from tlbench.sweep import sweep_parent_id
+
+    try:
+        parent = sweep_parent_id(client, experiment, sweep_id)
+        for file in files if parent else []:
+            client.log_artifact(parent, str(file), "report")
+    except Exception as error:  # noqa: BLE001 - the report is written; attaching is an extra
+        print(f"warning: report not attached to the sweep's MLflow run: {error}", file=sys.stderr)
+        return
+    if parent:
+        print(f"Attached the report to the sweep's parent run {parent} (artifacts: report/)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ COSTS = ("fit_seconds", "params_trainable", "params_total", "n_train", "flops",
          "forward_images_per_second")
 SELECTION_METRIC = "val_accuracy"  # the only metric anything is chosen on; never a test metric
 RUN_FIELDS = ("seed", "value", "selection", *COSTS, "command")
-KIND_TAG, SCORE_KIND = "tlbench.kind", "score"
+KIND_TAG, SCORE_KIND, SWEEP_KIND = "tlbench.kind", "score", "sweep"
 SCORE_NAMES = ("logme", "hscore", "leep", "nce")
 BASELINES = ("params_total", "flops")  # model size: the guess a transferability score must beat
 SCORES_VERSION_TAG = "scores.version"  # absent on runs scored before the tag: version 1
@@ -45,8 +45,9 @@ def column(frame: pd.DataFrame, name: str) -> pd.Series:
 
 
 def trained_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs that trained a model: score runs (tag tlbench.kind=score) left out."""
-    return runs[column(runs, f"tags.{KIND_TAG}") != SCORE_KIND]
+    """The runs that trained a model: score runs and sweeps' parent runs (tag tlbench.kind=score,
+    sweep) left out."""
+    return runs[~column(runs, f"tags.{KIND_TAG}").isin((SCORE_KIND, SWEEP_KIND))]
 
 
 def tidy_runs(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
