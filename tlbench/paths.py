@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 
@@ -34,3 +36,18 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+DOWNLOAD_TIMEOUT_SECONDS = 30
+
+
+@contextlib.contextmanager
+def download_timeout():
+    """Bound every blocking socket operation to DOWNLOAD_TIMEOUT_SECONDS (Keras downloads with
+    urlretrieve, no timeout): a stalled download fails with one line instead of hanging."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)

@@ -3,9 +3,7 @@ recording its stages, and unfreezing its top stages. Keras is imported lazily.""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import socket
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +11,7 @@ from typing import TYPE_CHECKING
 from tlbench.backbone.spec import BackboneSpec
 from tlbench.backbone.stages import stages_of
 from tlbench.errors import TlbenchError
-from tlbench.paths import keras_home, sha256_of
+from tlbench.paths import download_timeout, keras_home, sha256_of
 
 if TYPE_CHECKING:
     from tlbench.data import Dataset
@@ -72,18 +70,6 @@ def record_stages(spec: BackboneSpec, model) -> None:
         spec.layer_stages.update(stages_of(model, spec.name))
 
 
-DOWNLOAD_TIMEOUT_SECONDS = 30
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    """Bound every blocking socket operation (Keras downloads with urlretrieve, no timeout)."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def _build_imagenet(spec: BackboneSpec, shape):
@@ -91,7 +77,7 @@ def _build_imagenet(spec: BackboneSpec, shape):
     path = imagenet_path(spec, shape[0])
     cached = path.is_file()
     try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
+        with download_timeout():
             return spec.build(shape, weights="imagenet")
     except Exception as exc:
         if "URL fetch failure" not in str(exc) and not isinstance(exc, TimeoutError):

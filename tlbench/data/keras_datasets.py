@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +17,9 @@ from tlbench.data.source import (
     source_size,
 )
 from tlbench.errors import TlbenchError, check_choice
-from tlbench.paths import keras_home
+from tlbench.paths import download_timeout, keras_home
 
 KERAS_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist")
-DOWNLOAD_TIMEOUT_SECONDS = 30  # a stalled download fails with one line instead of hanging
 
 
 @dataclass(kw_only=True)
@@ -71,23 +68,12 @@ def keras_datasets_dir() -> Path:
     return keras_home() / "datasets"
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    """Bound every blocking socket operation (Keras downloads with urlretrieve, no timeout)."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 def load_keras_images(cfg: KerasConfig) -> LabelledImages:
     """cifar10, cifar100, mnist or fashion_mnist from keras.datasets: its train and test splits."""
     import keras
 
     try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
+        with download_timeout():
             (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, cfg.dataset).load_data()
     except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception when offline
         urls, name = KERAS_FILES[cfg.dataset]
