@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"MLflow tracking server ready at {uri} (backend {redact(backend)})",
                   flush=True)
             print(f"  sweeps: python -m tlbench -m ... tracking.uri={uri}", flush=True)
-            print(f"  UI:     open {uri} in a browser; Ctrl-C stops the server", flush=True)
+            print(f"  UI:     open {uri} in a browser (an experiment opens on its runs table "
+                  "with ?workflowType=machine_learning after its #/experiments/<id> link); "
+                  "Ctrl-C stops the server", flush=True)
             while True:
                 time.sleep(3600)
     except TlbenchError as exc:
