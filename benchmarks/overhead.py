@@ -1,6 +1,7 @@
 """What a cached run costs beyond its training: per-run breakdown, marginal run, grid ratios.
 
     python benchmarks/overhead.py [--runs 6] [--repeats 3] [--grid none|quick|fe|pf|all]
+                                  [--against DIR]
 
 Every figure is whole processes of `python -m tlbench -m ...` on digits59 at 32 px, random
 weights (backbone.weights=null), 10 epochs, no early stopping, each with its own sqlite store.
@@ -21,6 +22,10 @@ weights (backbone.weights=null), 10 epochs, no early stopping, each with its own
    The floor of the cached feature-extraction grid: process start (a 1-job dry run: Python,
    Hydra, MLflow) + TensorFlow's import + the cache fills' feature_seconds (one forward pass per
    backbone and seed over the source) + every run's epochs at its steady-state epoch time.
+
+`--against DIR` (a folder holding another `tlbench` package, e.g. a copy of an older commit's
+`tlbench/` with `conf/` and `sweeps/` copied into it) runs sections 1 and 2 for that code too, on
+PYTHONPATH, interleaved process by process with this checkout's: a before/after comparison.
 
 The machine is shared: compare ratios taken in the same invocation, not absolute seconds.
 """
@@ -111,9 +116,11 @@ def instrument(out_path: str) -> None:
 
 # --- parent: whole processes, timed --------------------------------------------------------------
 
-def tlbench(args: list[str], folder: Path, breakdown: bool = False) -> tuple[float, list[dict]]:
-    """Run `python -m tlbench -m <args>` (optionally instrumented) with its own store in a fresh
-    folder; returns wall seconds and, if instrumented, the per-run stage seconds."""
+def tlbench(args: list[str], folder: Path, breakdown: bool = False,
+            code: str | None = None) -> tuple[float, list[dict]]:
+    """Run `python -m tlbench -m <args>` (optionally instrumented, optionally with the tlbench
+    package found in `code`) with its own store in a fresh folder; returns wall seconds and, if
+    instrumented, the per-run stage seconds."""
     folder.mkdir(parents=True)
     stages = folder / "stages.json"
     command = [sys.executable, __file__, "--child", str(stages)] if breakdown else \
@@ -121,7 +128,8 @@ def tlbench(args: list[str], folder: Path, breakdown: bool = False) -> tuple[flo
     command += ["-m", *args, f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
                 f"hydra.sweep.dir={folder / 'multirun'}"]
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    env = os.environ | ({"PYTHONPATH": code} if code else {})
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stderr[-3000:]}")
@@ -141,26 +149,37 @@ def stage_table(runs: list[dict]) -> dict[str, float]:
     return {key: statistics.mean(row[key] for row in rows) for key in (*STAGES, "total")}
 
 
-def marginal(work: Path, runs: int, repeats: int) -> None:
-    """Sections 1 and 2: the N-run and 1-run cached sweeps, interleaved."""
+def marginal(work: Path, runs: int, repeats: int, codes: dict[str, str | None]) -> None:
+    """Sections 1 and 2: the N-run and 1-run cached sweeps, interleaved (and, with several
+    codes, interleaved between them too)."""
     job = [*COMMON, "backbone=mobilenetv2", "strategy=feature_extraction", "data.train_size=all",
            f"cache.dir={work / 'cache'}"]
     tlbench([*job, "trainer.lr=0.001"], work / "fill")  # fills the cache, untimed
-    singles, sweeps, breakdowns = [], [], []
+    singles: dict[str, list[float]] = {name: [] for name in codes}
+    sweeps: dict[str, list[float]] = {name: [] for name in codes}
+    breakdowns: dict[str, list[dict]] = {name: [] for name in codes}
     for repeat in range(repeats):
-        singles.append(tlbench([*job, "trainer.lr=0.001"], work / f"one-{repeat}")[0])
-        seconds, stages = tlbench([*job, "trainer.lr=" + ",".join(LRS[:runs])],
-                                  work / f"many-{repeat}", breakdown=True)
-        sweeps.append(seconds)
-        breakdowns += stages[1:]
-        print(f"repeat {repeat}: 1 run {singles[-1]:.1f}s, {runs} runs {seconds:.1f}s", flush=True)
-    table = stage_table(breakdowns)
-    print(f"\nper cached run (mean of {len(breakdowns)}, mobilenetv2 32 px, 10 epochs):")
+        for name, code in codes.items():
+            folder = work / name
+            singles[name].append(tlbench([*job, "trainer.lr=0.001"], folder / f"one-{repeat}",
+                                         code=code)[0])
+            seconds, stages = tlbench([*job, "trainer.lr=" + ",".join(LRS[:runs])],
+                                      folder / f"many-{repeat}", breakdown=True, code=code)
+            sweeps[name].append(seconds)
+            breakdowns[name] += stages[1:]
+            print(f"{name} repeat {repeat}: 1 run {singles[name][-1]:.1f}s, {runs} runs "
+                  f"{seconds:.1f}s", flush=True)
+    tables = {name: stage_table(rows) for name, rows in breakdowns.items()}
+    print(f"\nper cached run (mean of {len(breakdowns[next(iter(codes))])} runs, mobilenetv2 32 "
+          "px, 10 epochs):")
+    print(f"  {'stage':13s}" + "".join(f"{name:>10s}" for name in codes))
     for stage in (*STAGES, "total"):
-        print(f"  {stage:13s} {table[stage]:6.3f}s")
-    one, many = statistics.median(singles), statistics.median(sweeps)
-    print(f"\nmarginal cached run: ({many:.1f}s - {one:.1f}s) / {runs - 1} = "
-          f"{(many - one) / (runs - 1):.2f}s (medians over {repeats}); 1-run process {one:.1f}s")
+        print(f"  {stage:13s}" + "".join(f"{tables[name][stage]:9.3f}s" for name in codes))
+    for name in codes:
+        one, many = statistics.median(singles[name]), statistics.median(sweeps[name])
+        print(f"{name}: marginal cached run ({many:.1f}s - {one:.1f}s) / {runs - 1} = "
+              f"{(many - one) / (runs - 1):.2f}s (medians over {repeats}); 1-run process "
+              f"{one:.1f}s")
 
 
 GRIDS = {
@@ -215,12 +234,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=6, help="runs in the N-run sweep (2-9)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--grid", default="none", help="none, quick, fe, pf or all (fe and pf)")
+    parser.add_argument("--against", help="folder with another tlbench package, compared")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         if args.repeats:
-            marginal(work, args.runs, args.repeats)
+            codes = {"this": None} | ({"against": args.against} if args.against else {})
+            marginal(work, args.runs, args.repeats, codes)
         for name in {"none": [], "all": ["fe", "pf"]}.get(args.grid, [args.grid]):
             grid(work, name)
 
