@@ -221,3 +221,29 @@ def test_feature_cost_does_not_depend_on_which_run_filled_the_cache(tiny_config,
     assert second["feature_cost_seconds"] == pytest.approx(first["feature_cost_seconds"])
     assert first["feature_cost_seconds"] > 0
     assert first["feature_seconds"] > second["feature_seconds"]
+
+
+def test_a_cached_run_trains_as_a_cold_run_whatever_ran_before_it(tiny_config, tmp_path):
+    """A sequential sweep's fast path (cache hit, one garbage collection per run, other runs
+    traced before it in the process) trains exactly what a cold run trains: same base, same
+    epochs' losses, same predictions."""
+    from tlbench import strategy
+    from tlbench.features import weights_digest
+    from tlbench.prepare import prepare
+
+    def run(*overrides: str):
+        config = tiny_config("backbone=mobilenetv2", "data.train_size=10", "trainer.epochs=2",
+                             f"cache.dir={tmp_path}", *overrides)
+        prepared = prepare(config, None, None)
+        digest = weights_digest(prepared.base)
+        return digest, strategy.for_run(config).train(prepared)
+
+    cold_digest, cold = run()
+    run("seed=1", "trainer.lr=0.01")  # another base and head traced in between
+    warm_digest, warm = run()
+    assert cold.metrics["frozen_rows_computed"] > 0 and warm.metrics["frozen_rows_computed"] == 0
+    assert warm_digest == cold_digest
+    assert warm.history == cold.history
+    for key in ("train_accuracy", "val_accuracy", "test_accuracy", "params_total"):
+        assert warm.metrics[key] == cold.metrics[key], key
+    np.testing.assert_array_equal(warm.confusion, cold.confusion)

@@ -65,8 +65,8 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
         checkpoint = pretrain.source_checkpoint(config.backbone, config.pretrain, config.trainer)
         weights = str(checkpoint.weights_path)
     start = time.perf_counter()
-    keras.backend.clear_session()
-    train.configure_runtime(config.trainer, config.seed, threads)
+    keras.backend.clear_session(free_memory=False)  # configure_runtime collected garbage
+    keras.utils.set_random_seed(config.seed)  # the same initialisation whatever ran before
     base = backbone.build_base(entry, config.backbone.input_size, weights,
                                config.backbone.bn_momentum)
     sha256 = checkpoint.manifest["weights_sha256"] if checkpoint else \

@@ -266,27 +266,41 @@ def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
 
 def log_prepared(uri: str, run_id: str, prepared: Prepared) -> None:
     """What the prepare stage found: the class names, the dataset (an MLflow input), the initial
-    weights and their source."""
+    weights and their source; tags and metrics in one request."""
     source, splits = prepared.source, prepared.splits
-    set_tags(uri, run_id, {"class_names": ", ".join(source.class_names)[:5000]})
+    tags, metrics = weights_facts(prepared.weights_sha256, prepared.checkpoint)
+    tags["class_names"] = ", ".join(source.class_names)[:5000]
+    if prepared.source_overlap is not None:
+        metrics["source_overlap"] = prepared.source_overlap
     log_dataset_input(uri, run_id, prepared.config.data.name, source.fingerprint(), {
         "train": len(splits.train), "val": len(splits.val), "test": len(splits.test)})
-    log_weights(uri, run_id, prepared.weights_sha256, prepared.checkpoint)
-    if prepared.source_overlap is not None:
-        MlflowClient(uri).log_metric(run_id, "source_overlap", prepared.source_overlap)
+    _log_facts(uri, run_id, tags, metrics, prepared.checkpoint)
 
 
 def log_weights(uri: str, run_id: str, sha256: str | None, checkpoint: Checkpoint | None) -> None:
     """The initial weights' checksum; for a source checkpoint its manifest, cost and cache hit."""
-    client = MlflowClient(uri)
-    if sha256:
-        client.set_tag(run_id, "weights.sha256", sha256)
-    seconds = checkpoint.pretrain_seconds if checkpoint else 0.0
-    client.log_metric(run_id, "pretrain_seconds", seconds)
+    _log_facts(uri, run_id, *weights_facts(sha256, checkpoint), checkpoint)
+
+
+def weights_facts(sha256: str | None,
+                  checkpoint: Checkpoint | None) -> tuple[dict[str, str], dict[str, float]]:
+    """The tags and metrics that describe the initial weights (see log_weights)."""
+    tags = {"weights.sha256": sha256} if sha256 else {}
+    metrics = {"pretrain_seconds": checkpoint.pretrain_seconds if checkpoint else 0.0}
     if checkpoint is not None:
-        client.set_tag(run_id, "pretrain.cache_hit", str(checkpoint.cache_hit).lower())
-        client.set_tag(run_id, "pretrain.checkpoint", str(checkpoint.weights_path.parent))
-        client.log_metric(run_id, "source_val_accuracy", checkpoint.manifest["source_val_accuracy"])
+        tags |= {"pretrain.cache_hit": str(checkpoint.cache_hit).lower(),
+                 "pretrain.checkpoint": str(checkpoint.weights_path.parent)}
+        metrics["source_val_accuracy"] = checkpoint.manifest["source_val_accuracy"]
+    return tags, metrics
+
+
+def _log_facts(uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float],
+               checkpoint: Checkpoint | None) -> None:
+    """Tags (redacted) and step-0 metrics in one request; a checkpoint's manifest as artifact."""
+    client = MlflowClient(uri)
+    client.log_batch(run_id, metrics=_metrics(metrics),
+                     tags=[mlflow.entities.RunTag(k, redact(v)) for k, v in tags.items()])
+    if checkpoint is not None:
         client.log_text(run_id, json.dumps(checkpoint.manifest, indent=2, sort_keys=True) + "\n",
                         "source_manifest.json")
 

@@ -1,0 +1,250 @@
+"""What a cached run costs beyond its training: per-run breakdown, marginal run, grid ratios.
+
+    python benchmarks/overhead.py [--runs 6] [--repeats 3] [--grid none|quick|fe|pf|all]
+                                  [--against DIR]
+
+Every figure is whole processes of `python -m tlbench -m ...` on digits59 at 32 px, random
+weights (backbone.weights=null), 10 epochs, no early stopping, each with its own sqlite store.
+
+1. Marginal cached run: with the feature cache filled, an N-run sequential feature-extraction
+   sweep of mobilenetv2 (trainer.lr varies: same cache entry, same shapes) and a 1-run sweep,
+   interleaved, `--repeats` times. Marginal = (T_N - T_1) / (N - 1), median over repeats.
+2. Per-run breakdown of the N-run sweep (its last N - 1 runs, cached): the stage functions are
+   wrapped with timers in the child process: resume check (store check + finished_run), set-up
+   (prepare.prepare), features (features.frozen_datasets), head (strategy train minus features,
+   fit and evaluation: building and adapting the head), fit (train.fit), evaluation
+   (train.evaluate), logging (tracked_run start/end, log_prepared, log_result, the confusion
+   matrix) and other (the rest of `run`: tags, strategy object).
+3. Grids (`--grid`): the same jobs with the cache on (starting empty) and with cache.enabled=false
+   (the seed recipe: frozen base inside the model, fit on images), each side one process, run
+   alternately. fe: mobilenetv2 + resnet50 x train_size 10/50/all x seeds 0/1/2 (18 runs);
+   pf: the same with strategy=partial_finetune; quick: mobilenetv2 x 10/all x seed 0 (2 runs).
+   The floor of the cached feature-extraction grid: process start (a 1-job dry run: Python,
+   Hydra, MLflow) + TensorFlow's import + the cache fills' feature_seconds (one forward pass per
+   backbone and seed over the source) + every run's epochs at its steady-state epoch time.
+
+`--against DIR` (a folder holding another `tlbench` package, e.g. a copy of an older commit's
+`tlbench/` with `conf/` and `sweeps/` copied into it) runs sections 1 and 2 for that code too, on
+PYTHONPATH, interleaved process by process with this checkout's: a before/after comparison.
+
+The machine is shared: compare ratios taken in the same invocation, not absolute seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+COMMON = ["data=digits59", "backbone.weights=null", "backbone.input_size=32", "trainer.epochs=10",
+          "trainer.patience=null", "tracking.experiment=overhead"]
+STAGES = ("resume check", "set-up", "features", "head", "fit", "evaluation", "logging", "other")
+LRS = ("0.001", "0.0011", "0.0012", "0.0013", "0.0014", "0.0015", "0.0016", "0.0017", "0.0018")
+
+
+# --- child process: `python -m tlbench` with timers around its stages ---------------------------
+
+def instrument(out_path: str) -> None:
+    """Wrap the stage functions with timers; write one dict of stage seconds per run at exit."""
+    import atexit
+
+    import tlbench.__main__ as cli
+    from tlbench import features, prepare, store, track, train
+    from tlbench.strategy import base
+
+    runs: list[dict[str, float]] = []
+    current: dict[str, float] = {}
+
+    def timed(owner, name: str, stage: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                current[stage] = current.get(stage, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, wrapper)
+
+    original_run, original_tracked = cli.run, track.tracked_run
+
+    def run(*args, **kwargs):
+        current.clear()
+        start = time.perf_counter()
+        try:
+            return original_run(*args, **kwargs)
+        finally:
+            runs.append(dict(current, total=time.perf_counter() - start))
+
+    @contextlib.contextmanager
+    def tracked_run(*args, **kwargs):
+        start = time.perf_counter()
+        manager = original_tracked(*args, **kwargs)
+        run_id = manager.__enter__()
+        current["logging"] = current.get("logging", 0.0) + time.perf_counter() - start
+        try:
+            yield run_id
+        except BaseException:
+            if not manager.__exit__(*sys.exc_info()):
+                raise
+        else:
+            start = time.perf_counter()
+            manager.__exit__(None, None, None)
+            current["logging"] += time.perf_counter() - start
+
+    cli.run, track.tracked_run = run, tracked_run
+    timed(store, "check_tracking_store", "resume check")
+    timed(track, "finished_run", "resume check")
+    timed(prepare, "prepare", "set-up")
+    timed(features, "frozen_datasets", "features")
+    timed(base.Strategy, "train", "strategy")
+    timed(train, "fit", "fit")
+    timed(train, "evaluate", "evaluation")
+    for name in ("log_prepared", "log_result", "log_confusion_matrix"):
+        timed(track, name, "logging")
+    atexit.register(lambda: Path(out_path).write_text(json.dumps(runs)))
+    cli.main()
+
+
+# --- parent: whole processes, timed --------------------------------------------------------------
+
+def tlbench(args: list[str], folder: Path, breakdown: bool = False,
+            code: str | None = None) -> tuple[float, list[dict]]:
+    """Run `python -m tlbench -m <args>` (optionally instrumented, optionally with the tlbench
+    package found in `code`) with its own store in a fresh folder; returns wall seconds and, if
+    instrumented, the per-run stage seconds."""
+    folder.mkdir(parents=True)
+    stages = folder / "stages.json"
+    command = [sys.executable, __file__, "--child", str(stages)] if breakdown else \
+        [sys.executable, "-m", "tlbench"]
+    command += ["-m", *args, f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+                f"hydra.sweep.dir={folder / 'multirun'}"]
+    start = time.perf_counter()
+    env = os.environ | ({"PYTHONPATH": code} if code else {})
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stderr[-3000:]}")
+    return seconds, json.loads(stages.read_text()) if breakdown else []
+
+
+def stage_table(runs: list[dict]) -> dict[str, float]:
+    """Mean seconds per stage over the runs; `head` and `other` derived from the nested timers."""
+    rows = []
+    for run in runs:
+        inner = sum(run.get(s, 0.0) for s in ("features", "fit", "evaluation"))
+        row = {stage: run.get(stage, 0.0) for stage in STAGES}
+        row["head"] = run.get("strategy", 0.0) - inner
+        row["other"] = run["total"] - sum(row[s] for s in STAGES if s != "other")
+        row["total"] = run["total"]
+        rows.append(row)
+    return {key: statistics.mean(row[key] for row in rows) for key in (*STAGES, "total")}
+
+
+def marginal(work: Path, runs: int, repeats: int, codes: dict[str, str | None]) -> None:
+    """Sections 1 and 2: the N-run and 1-run cached sweeps, interleaved (and, with several
+    codes, interleaved between them too)."""
+    job = [*COMMON, "backbone=mobilenetv2", "strategy=feature_extraction", "data.train_size=all",
+           f"cache.dir={work / 'cache'}"]
+    tlbench([*job, "trainer.lr=0.001"], work / "fill")  # fills the cache, untimed
+    singles: dict[str, list[float]] = {name: [] for name in codes}
+    sweeps: dict[str, list[float]] = {name: [] for name in codes}
+    breakdowns: dict[str, list[dict]] = {name: [] for name in codes}
+    for repeat in range(repeats):
+        for name, code in codes.items():
+            folder = work / name
+            singles[name].append(tlbench([*job, "trainer.lr=0.001"], folder / f"one-{repeat}",
+                                         code=code)[0])
+            seconds, stages = tlbench([*job, "trainer.lr=" + ",".join(LRS[:runs])],
+                                      folder / f"many-{repeat}", breakdown=True, code=code)
+            sweeps[name].append(seconds)
+            breakdowns[name] += stages[1:]
+            print(f"{name} repeat {repeat}: 1 run {singles[name][-1]:.1f}s, {runs} runs "
+                  f"{seconds:.1f}s", flush=True)
+    tables = {name: stage_table(rows) for name, rows in breakdowns.items()}
+    print(f"\nper cached run (mean of {len(breakdowns[next(iter(codes))])} runs, mobilenetv2 32 "
+          "px, 10 epochs):")
+    print(f"  {'stage':13s}" + "".join(f"{name:>10s}" for name in codes))
+    for stage in (*STAGES, "total"):
+        print(f"  {stage:13s}" + "".join(f"{tables[name][stage]:9.3f}s" for name in codes))
+    for name in codes:
+        one, many = statistics.median(singles[name]), statistics.median(sweeps[name])
+        print(f"{name}: marginal cached run ({many:.1f}s - {one:.1f}s) / {runs - 1} = "
+              f"{(many - one) / (runs - 1):.2f}s (medians over {repeats}); 1-run process "
+              f"{one:.1f}s")
+
+
+GRIDS = {
+    "quick": ("feature_extraction", "mobilenetv2", "10,all", "0"),
+    "fe": ("feature_extraction", "mobilenetv2,resnet50", "10,50,all", "0,1,2"),
+    "pf": ("partial_finetune", "mobilenetv2,resnet50", "10,50,all", "0,1,2"),
+}
+
+
+def grid_floor(work: Path, store: Path) -> tuple[float, float]:
+    """Process start + TensorFlow import, and the cached grid's forward passes + steady epochs."""
+    start_s, _ = tlbench([*COMMON, "dry_run=true"], work / "floor-dry")
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import tensorflow, keras"], check=True)
+    start_s += time.perf_counter() - started
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["overhead"], output_format="list",
+                              tracking_uri=f"sqlite:///{store}")
+    work_s = sum(r.data.metrics["feature_seconds"] * (r.data.metrics["frozen_rows_computed"] > 0)
+                 + r.data.metrics["steady_epoch_seconds"] * r.data.metrics["epochs_run"]
+                 for r in runs)
+    return start_s, work_s
+
+
+def grid(work: Path, name: str) -> None:
+    """Section 3: the grid cached (empty cache) and as the seed recipe, one process each."""
+    strategy, backbones, sizes, seeds = GRIDS[name]
+    jobs = [*COMMON, f"strategy={strategy}", f"backbone={backbones}",
+            f"data.train_size={sizes}", f"seed={seeds}"]
+    n = len(backbones.split(",")) * len(sizes.split(",")) * len(seeds.split(","))
+    cached, _ = tlbench([*jobs, f"cache.dir={work / name / 'cache'}"], work / name / "cached")
+    recipe, _ = tlbench([*jobs, "cache.enabled=false"], work / name / "recipe")
+    print(f"\ngrid {name} ({strategy}, {n} runs): seed recipe {recipe:.1f}s, tlbench "
+          f"{cached:.1f}s, speed-up {recipe / cached:.1f}x", flush=True)
+    if strategy == "feature_extraction":
+        start_s, work_s = grid_floor(work / name, work / name / "cached" / "mlflow.db")
+        floor = start_s + work_s
+        print(f"floor {floor:.1f}s (process start + TensorFlow import {start_s:.1f}s, forward "
+              f"passes + steady-state epochs {work_s:.1f}s): tlbench takes {cached / floor:.2f}x "
+              "the floor")
+
+
+def main() -> None:
+    """Parse the options and run the sections asked for."""
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        out = sys.argv[2]
+        sys.argv = ["tlbench", *sys.argv[3:]]
+        instrument(out)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=6, help="runs in the N-run sweep (2-9)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
+    parser.add_argument("--grid", default="none", help="none, quick, fe, pf or all (fe and pf)")
+    parser.add_argument("--against", help="folder with another tlbench package, compared")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        if args.repeats:
+            codes = {"this": None} | ({"against": args.against} if args.against else {})
+            marginal(work, args.runs, args.repeats, codes)
+        for name in {"none": [], "all": ["fe", "pf"]}.get(args.grid, [args.grid]):
+            grid(work, name)
+
+
+if __name__ == "__main__":
+    main()
