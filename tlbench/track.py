@@ -258,12 +258,6 @@ def log_result(uri: str, run_id: str, metrics: dict[str, float], history: list[d
         client.log_text(run_id, redact(text), name)
 
 
-def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
-    """Tags known only once the run has started (e.g. the source's class names)."""
-    entries = [mlflow.entities.RunTag(key, redact(value)) for key, value in tags.items()]
-    MlflowClient(uri).log_batch(run_id, tags=entries)
-
-
 def log_prepared(uri: str, run_id: str, prepared: Prepared) -> None:
     """What the prepare stage found: the class names, the dataset (an MLflow input), the initial
     weights and their source; tags and metrics in one request."""
