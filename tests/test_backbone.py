@@ -57,7 +57,7 @@ def test_stages_derived_from_strides_match_the_entry(bases, name):
     base = bases[name]
     strides = strides_of(base, name)
     assert tuple(sorted({s for s in strides.values() if s > 1})) == spec.stages
-    stages = [spec.stage_of(layer.name) for layer in base.layers if layer.weights]
+    stages = [spec.stages_in(base).get(layer.name) for layer in base.layers if layer.weights]
     expected = set(range(1, len(spec.stages) + 1)) - ({2} if name in WEIGHTLESS_STAGE else set())
     assert None not in stages and set(stages) == expected
     if name not in INTERLEAVED:
@@ -197,7 +197,7 @@ def test_unfreeze_top_keeps_lower_stages_and_batchnorm_frozen(bases, blocks):
     for layer in base.layers:
         if not layer.weights:
             continue
-        expected = (spec.stage_of(layer.name) >= first
+        expected = (spec.stages_in(base)[layer.name] >= first
                     and not isinstance(layer, keras.layers.BatchNormalization))
         assert layer.trainable == expected, layer.name
     base.trainable = True

@@ -59,15 +59,7 @@ def build_base(spec: BackboneSpec, input_size: int, weights: str | None, bn_mome
             _load_weights_file(model, Path(weights), spec)
     if bn_momentum is not None:
         set_bn_momentum(model, bn_momentum)
-    record_stages(spec, model)
     return model
-
-
-def record_stages(spec: BackboneSpec, model) -> None:
-    """Remember each layer's derived stage, so spec.stage_of answers for this base."""
-    spec.layer_stages.clear()
-    if spec.stages:
-        spec.layer_stages.update(stages_of(model, spec.name))
 
 
 
@@ -124,9 +116,8 @@ def unfreeze_top(model, spec: BackboneSpec, blocks: int | None, fraction: float 
     model.trainable = True
     layers = model.layers
     if blocks is not None:
-        first_stage = len(spec.stages) - blocks + 1
-        selected = {id(layer) for layer in layers
-                    if (spec.stage_of(layer.name) or 0) >= first_stage}
+        first_stage, stages = len(spec.stages) - blocks + 1, spec.stages_in(model)
+        selected = {id(layer) for layer in layers if stages.get(layer.name, 0) >= first_stage}
     else:
         weighted = [layer for layer in layers if layer.weights]
         count = max(1, round(fraction * len(weighted)))

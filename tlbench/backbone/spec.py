@@ -2,14 +2,14 @@
 
 Stages are the network's resolution levels, found from the network itself (tlbench.backbone.stages):
 `stages` lists the output strides an entry's stages sit at (a test checks them against the
-derived ones), and `stage_of` answers for the layers of the last base built for this entry.
+derived ones), and `stages_in(base)` maps a built base's layers to their stages.
 Keras is imported lazily: an entry is static facts, cheap enough to validate configs with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,16 +45,18 @@ class BackboneSpec:
     features: str = "pooled"
     has_weights: bool = True
     trainable: bool = True
-    layer_stages: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def imagenet_file(self, input_size: int) -> str:
         """The headless ImageNet file Keras caches in $KERAS_HOME/models for this input size."""
         rows = input_size if input_size in self.imagenet_sizes else 224
         return self.imagenet_template.format(rows=rows)
 
-    def stage_of(self, layer_name: str) -> int | None:
-        """The 1-based stage of a layer of the last base built for this entry (None: unknown)."""
-        return self.layer_stages.get(layer_name)
+    def stages_in(self, model) -> dict[str, int]:
+        """{layer name: 1-based stage} for a base built from this entry (derived once per entry,
+        tlbench/backbone/stages.py); empty for a backbone without stages."""
+        from tlbench.backbone.stages import stages_of
+
+        return stages_of(model, self.name) if self.stages else {}
 
 
 def application(constructor: str) -> Callable[..., Any]:

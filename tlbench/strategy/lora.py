@@ -94,8 +94,9 @@ class Lora(Strategy):
 def lora_layers(base, entry, blocks: int | None) -> list:
     """The base's layers that support LoRA, in the top `blocks` stages (None: anywhere)."""
     first_stage = 1 if blocks is None else len(entry.stages) - blocks + 1
+    stages = entry.stages_in(base)
     return [layer for layer in base.layers if hasattr(layer, "enable_lora")
-            and (blocks is None or (entry.stage_of(layer.name) or 0) >= first_stage)]
+            and (blocks is None or stages.get(layer.name, 0) >= first_stage)]
 
 
 def merge(model):

@@ -85,9 +85,9 @@ def stage_route(run: RunConfig, entry, blocks: int | None, why_not: str) -> Rout
 
 def stage_cut(base, entry, blocks: int) -> str:
     """The name of the last layer below the top `blocks` stages."""
-    first_stage = len(entry.stages) - blocks + 1
+    first_stage, stages = len(entry.stages) - blocks + 1, entry.stages_in(base)
     first = next(i for i, layer in enumerate(base.layers)
-                 if (entry.stage_of(layer.name) or 0) >= first_stage)
+                 if stages.get(layer.name, 0) >= first_stage)
     return base.layers[first - 1].name
 
 
