@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tlbench.backbone.spec import BackboneSpec
-from tlbench.backbone.stages import stages_of
 from tlbench.errors import TlbenchError
 from tlbench.paths import download_timeout, keras_home, sha256_of
 
