@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 
+@keras.saving.register_keras_serializable(package="tlbench")
 class Standardize(keras.layers.Layer):
     """(x - mean) / std per feature, with statistics set once from the training split by
     `adapt` and never trained. Unlike keras.layers.Normalization, no floor on the standard
