@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from tlbench import __version__
+from tlbench import __version__, runtime
 from tlbench.config import RunConfig
 from tlbench.errors import TlbenchError, last_line
 
@@ -115,11 +115,13 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 
 
 def identity(config: RunConfig) -> dict:
-    """The resolved config minus where things are stored: what makes two runs the same cell."""
+    """The resolved config minus where things are stored, plus the Keras backend: what makes two
+    runs the same cell."""
     values = dataclasses.asdict(config)
     values.pop("tracking")
     values.pop("cache")
     values["pretrain"].pop("cache_dir")
+    values["keras_backend"] = runtime.backend()
     return values
 
 
@@ -156,22 +158,18 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def environment_tags() -> dict[str, str]:
-    """Versions and machine facts that make a result interpretable later."""
-    import keras
-    import tensorflow as tf
+def environment_tags(precision: str) -> dict[str, str]:
+    """Versions and machine facts that make a result interpretable later (backend, accelerator
+    and precision from tlbench.runtime)."""
+    from tlbench import runtime
 
-    gpus = tf.config.list_physical_devices("GPU")
     return {
         "tlbench_version": __version__,
         "git_commit": _git_commit(),
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
         "mlflow_version": mlflow.__version__,
-        "device": f"gpu x{len(gpus)}" if gpus else "cpu",
         "host": platform.node(),
         "cpu_count": str(os.cpu_count()),
-    }
+    } | runtime.environment_tags(precision)
 
 
 def _runs_of_config(client: MlflowClient, experiment_id: str, digest: str, status: str):
