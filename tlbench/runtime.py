@@ -98,6 +98,7 @@ def environment_tags(precision: str) -> dict[str, str]:
         "accelerator.kind": device.kind,
         "accelerator.name": device.name,
         "accelerator.count": str(device.count),
+        "accelerator": f"{device.kind}: {device.name} x{device.count}",
         "device": device.kind if device.kind == "cpu" else f"{device.kind} x{device.count}",
         "precision": precision,
     }
