@@ -48,11 +48,12 @@ def cli_without_tensorflow(*args: str, cwd: Path, uri: str, backend: str = "jax"
 
 @pytest.fixture(scope="module")
 def jax_sweep(tmp_path_factory):
-    """The three transfer strategies on JAX, then the same multirun again (resumed), then a
-    report and a rank: all with TensorFlow unimportable."""
+    """Feature extraction and partial fine-tuning on JAX, then the same multirun again (resumed),
+    then a report and a rank: all with TensorFlow unimportable. (full_retrain on JAX is in
+    benchmarks/accelerator.py: 35 s more here.)"""
     workdir = tmp_path_factory.mktemp("jax")
     uri = f"sqlite:///{workdir}/mlflow.db"
-    grid = ["-m", "strategy=feature_extraction,partial_finetune,full_retrain", *TINY]
+    grid = ["-m", "strategy=feature_extraction,partial_finetune", *TINY]
     results = {"sweep": cli_without_tensorflow(*grid, cwd=workdir, uri=uri),
                "resume": cli_without_tensorflow(*grid, cwd=workdir, uri=uri),
                "report": cli_without_tensorflow("report", "--out", "reports", cwd=workdir,
@@ -66,12 +67,12 @@ def test_jax_runs_every_strategy_without_tensorflow(jax_sweep):
     results, uri, _ = jax_sweep
     assert results["sweep"].returncode == 0, results["sweep"].stderr[-2000:]
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id],
-                              filter_string="tags.`tlbench.kind` != 'score'")
+    runs = [run for run in client.search_runs(
+        [client.get_experiment_by_name("tlbench").experiment_id]) if "strategy.name" in
+        run.data.params]  # score runs (rank) have no strategy
     trainable = {r.data.params["strategy.name"]: r.data.metrics["params_trainable"]
                  for r in runs if r.info.status == "FINISHED"}
-    assert trainable["feature_extraction"] < trainable["partial_finetune"] < \
-        trainable["full_retrain"]
+    assert trainable["feature_extraction"] < trainable["partial_finetune"]
     for run in runs:
         tags = run.data.tags
         assert (tags["keras_backend"], tags["accelerator.kind"], tags["precision"]) == \
@@ -83,7 +84,8 @@ def test_jax_runs_every_strategy_without_tensorflow(jax_sweep):
 
 def test_jax_resume_report_and_rank_without_tensorflow(jax_sweep):
     results, _, workdir = jax_sweep
-    assert "0 done, 3 skipped" in results["resume"].stderr, results["resume"].stderr[-2000:]
+    resumed = results["resume"].stdout + results["resume"].stderr
+    assert "0 done, 2 skipped" in resumed, resumed[-2000:]
     assert results["report"].returncode == 0, results["report"].stderr[-2000:]
     report = next((workdir / "reports").glob("*.md")).read_text()
     assert "jax" in report
