@@ -21,14 +21,17 @@ from tlbench.train import ArrayBatches, train_and_evaluate
 
 TINY = ["data.train_size=5", "trainer.epochs=1", "trainer.patience=null", "backbone.weights=null"]
 BLOCK_TENSORFLOW = """
-import runpy, sys
+import importlib.machinery, runpy, sys
 
-class BlockTensorFlow:
-    def find_spec(self, name, path=None, target=None):
+class PathFinderWithoutTensorFlow(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
         if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-            raise ImportError(f"{name} is blocked by this test")
+            return None  # as if not installed: import raises, find_spec says None
+        return super().find_spec(name, path, target)
 
-sys.meta_path.insert(0, BlockTensorFlow())
+sys.meta_path = [PathFinderWithoutTensorFlow if finder is importlib.machinery.PathFinder
+                 else finder for finder in sys.meta_path]
 sys.argv = ["tlbench", *sys.argv[1:]]
 try:
     runpy.run_module("tlbench", run_name="__main__")
@@ -91,6 +94,16 @@ def test_jax_resume_report_and_rank_without_tensorflow(jax_sweep):
     assert "jax" in report
     assert results["rank"].returncode == 0, results["rank"].stderr[-2000:]
     assert "logme" in results["rank"].stdout
+
+
+def test_torch_feature_extraction_without_tensorflow(tmp_path):
+    """A smoke run on PyTorch, where it is installed (`pip install -e '.[torch]'`)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = cli_without_tensorflow(*TINY, cwd=tmp_path, uri=uri, backend="torch")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("tlbench").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["keras_backend"] == "torch"
 
 
 def test_tfds_on_jax_without_tensorflow_is_one_line(tmp_path):
