@@ -58,16 +58,16 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
     if dry_run:
         return Outcome("planned", summary="would run")
     # Imported only now, so that config and store errors come before TensorFlow's ~5 s start-up.
-    from tlbench.quiet import import_tensorflow
+    from tlbench.quiet import import_keras
 
-    import_tensorflow()
+    import_keras()
     from tlbench import prepare, registry, strategy
     from tlbench.backbone import weights_kind
 
     adapt = strategy.for_run(config)
     entry = registry.BACKBONES[config.backbone.name]
     weights = adapt.weights(entry, config.backbone.weights)
-    tags = job_tags(sweep_info) | track.environment_tags() | {
+    tags = job_tags(sweep_info) | track.environment_tags(config.trainer.precision) | {
         "weights.kind": weights_kind(weights), "inputs": adapt.route(config, entry).inputs}
     with track.tracked_run(config, uri, tags, digest) as run_id:
         prepared = prepare.prepare(config, weights,

@@ -19,6 +19,7 @@ from tlbench import registry
 from tlbench.errors import TlbenchError, check, check_choice
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 TRAIN_SIZE_PATTERN = re.compile(r"^(all|[1-9]\d*|total:[1-9]\d*)$")
 SOURCE_PREFIX = "source:"
 
@@ -131,7 +132,7 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class TrainerConfig:
-    """How every phase is fitted."""
+    """How every phase is fitted; `jit_compile` is "auto", true or false (Keras' compile)."""
 
     epochs: int
     batch_size: int
@@ -142,6 +143,8 @@ class TrainerConfig:
     threads: int | None
     deterministic: bool
     augment: bool
+    precision: str
+    jit_compile: Any
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "trainer.epochs", self.epochs, "at least 1")
@@ -153,6 +156,9 @@ class TrainerConfig:
         check(self.verbose in (0, 1, 2), "trainer.verbose", self.verbose, "0, 1 or 2")
         check(self.threads is None or self.threads >= 1, "trainer.threads", self.threads,
               "null (all cores) or at least 1")
+        check_choice("trainer.precision", self.precision, PRECISIONS)
+        check(self.jit_compile == "auto" or isinstance(self.jit_compile, bool),
+              "trainer.jit_compile", self.jit_compile, "auto, true or false")
 
 
 @dataclass(kw_only=True)

@@ -53,11 +53,12 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def entry_key(spec: BackboneSpec, weights: str, source: str, input_size: int, tap: str) -> dict:
+def entry_key(spec: BackboneSpec, weights: str, source: str, input_size: int, tap: str,
+              precision: str) -> dict:
     """Everything that determines a cached row."""
     return {"format": FORMAT, "backbone": spec.name, "weights_sha256": weights,
             "data_fingerprint": source, "input_size": input_size,
-            "preprocess": list(spec.preprocessed_range), "tap": tap}
+            "preprocess": list(spec.preprocessed_range), "tap": tap, "precision": precision}
 
 
 def entry_dir(root: Path, key: dict) -> Path:
@@ -260,7 +261,8 @@ def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Sp
 
     results = []
     for tap in taps:
-        key = None if identity is None else entry_key(spec, *identity, input_size, tap)
+        key = None if identity is None else entry_key(spec, *identity, input_size, tap,
+                                                      base.dtype_policy.name)
         folder = None if key is None else entry_dir(root, key)
         model = extractor(base, spec, tap)
         whole = n_rows <= fill_limit and \

@@ -15,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from tlbench import registry
+from tlbench import registry, runtime
 from tlbench.backbone import weights_kind
 from tlbench.config import RunConfig
 from tlbench.paths import sha256_of
@@ -39,6 +39,7 @@ def identity(config: RunConfig) -> dict:
     values["pretrain"].pop("cache_dir")
     values["trainer"].pop("verbose")
     values["backbone"]["weights"] = effective_weights(config)
+    values["keras_backend"] = runtime.backend()
     return values
 
 

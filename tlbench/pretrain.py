@@ -187,8 +187,11 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     from tlbench.plan import Phase, Plan
     from tlbench.strategy.base import head_layers, unfreeze_all, with_head
 
+    settings = dataclasses.replace(trainer, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                   lr=cfg.lr, optimizer="adam", patience=None,
+                                   precision="float32")  # checkpoints do not depend on it
     keras.backend.clear_session()
-    train.configure_runtime(trainer, cfg.seed, threads=None)  # threads: fixed by the caller
+    train.configure_runtime(settings, cfg.seed, threads=None)  # threads: fixed by the caller
     data_cfg = training_data(source, backbone.input_size)
     data = preprocessed(spec, load_dataset(data_cfg, backbone.input_size, cfg.seed))
     base = build_base(spec, backbone.input_size, None, backbone.bn_momentum)
@@ -197,8 +200,6 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     model = with_head(base, data.n_classes, head_cfg, base_training=None, classifier=head)
     steps = cfg.epochs * -(-len(data.y_train) // cfg.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=steps)
-    settings = dataclasses.replace(trainer, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                   lr=cfg.lr, optimizer="adam", patience=None)
     plan = Plan(model, [Phase("pretrain", cfg.epochs, schedule, unfreeze_all(base))])
     _, history = train.fit(plan, {"images": data}, settings, cfg.seed)
     predict = train.keras_classes(model, cfg.batch_size)

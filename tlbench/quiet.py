@@ -1,5 +1,6 @@
-"""TensorFlow without its start-up and tf.data noise; call `import_tensorflow()` where the run
-first needs TensorFlow (not at start-up: config and store errors come before its ~5 s import).
+"""Keras (and TensorFlow, on its backend) without start-up and tf.data noise; call
+`import_keras()` where the run first needs Keras (not at start-up: config and store errors come
+before TensorFlow's ~5 s import). On JAX or PyTorch, TensorFlow is not imported at all.
 
 Two sources, both harmless:
 - The oneDNN notice ("oneDNN custom operations are on ...") is logged twice while TensorFlow
@@ -22,9 +23,9 @@ NOISE = ("All log messages before absl::InitializeLog() is called",
          "oneDNN custom operations are on")
 
 
-def import_tensorflow() -> None:
-    """Import TensorFlow and Keras once, without their noise (a user's TF_CPP_MIN_LOG_LEVEL
-    wins)."""
+def import_keras() -> None:
+    """Import Keras once, and with it its backend, without TensorFlow's noise (a user's
+    TF_CPP_MIN_LOG_LEVEL wins)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" in sys.modules:
         return
@@ -33,8 +34,7 @@ def import_tensorflow() -> None:
         saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
         try:
-            import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+            import keras  # noqa: F401  (imports TensorFlow only on its backend)
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)

@@ -269,12 +269,14 @@ def rank(overrides: list[str]) -> list[Candidate]:
     """Compose, check, score every candidate (failures recorded, not raised), print the table."""
     candidates = compose_candidates(overrides)
     uris = check_stores(candidates)
-    from tlbench.quiet import import_tensorflow
+    from tlbench.quiet import import_keras
 
-    import_tensorflow()
+    import_keras()
     from tlbench import track
 
-    tags = track.environment_tags() | {"rank_id": f"rank-{time.strftime('%Y%m%d-%H%M%S')}"}
+    precision = candidates[0].config.trainer.precision  # rank refuses lists of trainer.*
+    tags = track.environment_tags(precision) | {
+        "rank_id": f"rank-{time.strftime('%Y%m%d-%H%M%S')}"}
     started = time.perf_counter()
     for i, candidate in enumerate(candidates, start=1):
         log.info("[%d/%d] %s on %s", i, len(candidates), candidate_label(candidate.config),

@@ -23,7 +23,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
-from tlbench import __version__
+from tlbench import __version__, runtime
 from tlbench.config import RunConfig
 from tlbench.errors import last_line
 from tlbench.identity import config_hash, flatten, identity
@@ -55,22 +55,17 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def environment_tags() -> dict[str, str]:
-    """Versions and machine facts that make a result interpretable later."""
-    import keras
-    import tensorflow as tf
+def environment_tags(precision: str) -> dict[str, str]:
+    """Versions and machine facts that make a result interpretable later (backend, accelerator
+    and precision from tlbench.runtime)."""
 
-    gpus = tf.config.list_physical_devices("GPU")
     return {
         "tlbench_version": __version__,
         "git_commit": _git_commit(),
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
         "mlflow_version": mlflow.__version__,
-        "device": f"gpu x{len(gpus)}" if gpus else "cpu",
         "host": platform.node(),
         "cpu_count": str(os.cpu_count()),
-    }
+    } | runtime.environment_tags(precision)
 
 
 def _runs_of_config(client: MlflowClient, experiment_id: str, digest: str, status: str):

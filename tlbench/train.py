@@ -9,8 +9,6 @@ scikit-learn fits over the C grid.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import statistics
 import time
 import warnings
@@ -19,7 +17,6 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
-import tensorflow as tf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
@@ -27,39 +24,15 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from tlbench import runtime
 from tlbench.config import LogregHeadConfig, TrainerConfig
 from tlbench.data import Dataset
 from tlbench.plan import Plan
 
 
 def configure_runtime(trainer: TrainerConfig, seed: int, threads: int | None) -> None:
-    """Free earlier runs' traced graphs; seed Python, NumPy and TensorFlow; cap thread pools and
-    set op determinism."""
-    release_traced_graphs()
-    keras.utils.set_random_seed(seed)
-    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
-        with contextlib.suppress(RuntimeError):  # pools are fixed once TensorFlow has started
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-    if trainer.deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
-def release_traced_graphs() -> None:
-    """Drop the gradient closures TensorFlow registered while tracing earlier runs' `fit`.
-
-    Keras' optimizer sums gradients through a tf.custom_gradient; in graph mode each trace adds a
-    "CustomGradient-<uid>" entry to TensorFlow's global gradient registry and never removes it.
-    The entry pins the traced train step with the model's and optimizer's variables, about 200 MiB
-    per VGG16/MobileNetV2 run that clear_session() cannot free (TF issues #97697, #80895). Call
-    only between runs, when nothing is being traced.
-    """
-    from tensorflow.python.framework import ops  # private: the registry has no public API
-
-    registry = ops._gradient_registry._registry
-    for name in [name for name in registry if name.startswith("CustomGradient-")]:
-        del registry[name]
-    gc.collect()  # the released graphs are reference cycles
+    """Seeds, thread pools, determinism and the precision policy for the next model."""
+    runtime.configure(trainer.precision, trainer.deterministic, seed, threads)
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -119,12 +92,41 @@ def _callbacks(trainer: TrainerConfig, timer: EpochTimer) -> list[keras.callback
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
-    """A tf.data pipeline over arrays already resized and preprocessed once: reshuffled each epoch
-    if seeded, batched, prefetched. (tf.data's cache() would only copy these arrays again.)"""
+    """Batches of arrays already resized and preprocessed once, reshuffled each epoch if seeded:
+    a prefetched tf.data pipeline on TensorFlow, an ArrayBatches elsewhere. (tf.data's cache()
+    would only copy these arrays again.)"""
+    if runtime.backend() != "tensorflow":
+        return ArrayBatches(x, y, batch_size, shuffle_seed)
+    import tensorflow as tf
+
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of in-memory arrays for any backend, in a seeded order drawn anew each epoch."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int,
+                 shuffle_seed: int | None) -> None:
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+        self.order = np.arange(len(y))
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.x[rows], self.y[rows]
+
+    def on_epoch_end(self) -> None:
+        """Draw the next epoch's order (unshuffled batches keep theirs)."""
+        if self.rng is not None:
+            self.order = self.rng.permutation(len(self.y))
 
 
 def fit(plan: Plan, inputs: dict[str, Dataset], trainer: TrainerConfig,
@@ -138,7 +140,8 @@ def fit(plan: Plan, inputs: dict[str, Dataset], trainer: TrainerConfig,
         model, data = phase.model or plan.model, inputs[phase.inputs]
         phase.set_trainable()
         model.compile(optimizer=make_optimizer(trainer.optimizer, phase.lr),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                      jit_compile=trainer.jit_compile)
         params = count_params(plan.full_model or plan.model)
         train = batches(data.x_train, data.y_train, trainer.batch_size, shuffle_seed=seed + index)
         val = batches(data.x_val, data.y_val, trainer.batch_size)

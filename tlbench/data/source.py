@@ -152,11 +152,20 @@ def short_reason(exc: BaseException) -> str:
     return first if len(first) <= 160 else first[:157] + "..."
 
 
+RESIZE_CHUNK = 1024  # images resized together: bounds the float32 copy on the backend
+
+
 def resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize to size x size, float32 in [0, 255]."""
-    import tensorflow as tf
+    """Bilinear resize (half-pixel centres, no antialiasing: tf.image.resize's) to size x size,
+    float32 in [0, 255], on the Keras backend, RESIZE_CHUNK images at a time."""
+    import keras
 
     if images.shape[1:3] == (size, size):
         return images.astype(np.float32)
-    resized = tf.image.resize(images.astype(np.float32), (size, size), method="bilinear")
-    return np.clip(resized.numpy(), 0.0, 255.0)
+    resized = np.empty((len(images), size, size, images.shape[3]), dtype=np.float32)
+    for start in range(0, len(images), RESIZE_CHUNK):
+        chunk = images[start:start + RESIZE_CHUNK].astype(np.float32)
+        out = keras.ops.image.resize(chunk, (size, size), interpolation="bilinear",
+                                     antialias=False, data_format="channels_last")
+        resized[start:start + RESIZE_CHUNK] = keras.ops.convert_to_numpy(out)
+    return np.clip(resized, 0.0, 255.0)

@@ -46,8 +46,8 @@ def load_tfds_images(cfg: TfdsConfig) -> LabelledImages:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise TlbenchError("data=tfds needs TensorFlow Datasets: pip install 'tlbench[tfds]'.") \
-            from None
+        raise TlbenchError("data=tfds needs TensorFlow Datasets and TensorFlow (on any Keras "
+                           "backend): pip install 'tlbench[tfds]'.") from None
     data_dir = os.path.expanduser(cfg.data_dir) if cfg.data_dir else None
     try:
         builder = tfds.builder(cfg.dataset, data_dir=data_dir)

@@ -36,8 +36,8 @@ from tlbench.store import redact
 GRID_VALUES_SHOWN = 24
 REPRODUCED = 3
 VERSION_TAGS = (("tlbench", "tlbench_version"), ("git commit", "git_commit"),
-                ("TensorFlow", "tensorflow_version"), ("Keras", "keras_version"),
-                ("MLflow", "mlflow_version"))
+                ("Keras", "keras_version"), ("TensorFlow", "tensorflow_version"),
+                ("JAX", "jax_version"), ("PyTorch", "torch_version"), ("MLflow", "mlflow_version"))
 
 
 def rerun_command(command: str, seeds: Sequence[str]) -> str:
@@ -81,8 +81,9 @@ def header(analysis: Analysis, source: Source) -> str:
     counts = status_counts(runs)
     finished, failed = counts.get("FINISHED", 0), counts.get("FAILED", 0)
     other = len(runs) - finished - failed
-    versions = " · ".join(f"{name} {escape(', '.join(distinct_tag(runs, tag)) or '–')}"
-                          for name, tag in VERSION_TAGS)
+    versions = " · ".join(f"{name} {escape(', '.join(distinct_tag(runs, tag)))}"
+                          for name, tag in VERSION_TAGS if distinct_tag(runs, tag))
+    accelerators = distinct_tag(runs, "accelerator") or distinct_tag(runs, "device")
     lines = [
         f"# tlbench report: {escape(source.experiment)}, sweep {escape(source.sweep_id)}",
         "",
@@ -96,7 +97,9 @@ def header(analysis: Analysis, source: Source) -> str:
         "(killed or still running)",
         f"- **Started:** {timestamp(runs['start_time'].min())} to "
         f"{timestamp(runs['start_time'].max())}",
-        f"- **Device:** {escape(', '.join(distinct_tag(runs, 'device')) or '–')}",
+        f"- **Accelerator:** {escape(', '.join(accelerators) or '–')}",
+        f"- **Keras backend:** {escape(', '.join(distinct_tag(runs, 'keras_backend')) or '–')}"
+        f" · **precision:** {escape(', '.join(distinct_tag(runs, 'precision')) or '–')}",
         f"- **Classes:** {escape(' | '.join(distinct_tag(runs, 'class_names')) or '–')}",
         f"- **Versions:** {versions}",
     ]

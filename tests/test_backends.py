@@ -1,0 +1,189 @@
+"""Backends and precision: the real CLI on JAX with TensorFlow made unimportable, mixed precision
+on TensorFlow, the backend in a run's identity, and backend-neutral batches and resizing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import build_run
+from tlbench import runtime, track
+from tlbench.errors import TlbenchError
+from tlbench.train import ArrayBatches, train_and_evaluate
+
+TINY = ["data.train_size=5", "trainer.epochs=1", "trainer.patience=null", "backbone.weights=null"]
+BLOCK_TENSORFLOW = """
+import importlib.machinery, runpy, sys
+
+class PathFinderWithoutTensorFlow(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            return None  # as if not installed: import raises, find_spec says None
+        return super().find_spec(name, path, target)
+
+sys.meta_path = [PathFinderWithoutTensorFlow if finder is importlib.machinery.PathFinder
+                 else finder for finder in sys.meta_path]
+sys.argv = ["tlbench", *sys.argv[1:]]
+try:
+    runpy.run_module("tlbench", run_name="__main__")
+finally:
+    assert "tensorflow" not in sys.modules
+"""
+
+
+def cli_without_tensorflow(*args: str, cwd: Path, uri: str, backend: str = "jax"):
+    """`python -m tlbench ARGS` on another Keras backend, where importing TensorFlow fails."""
+    pytest.importorskip(backend)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {
+        "KERAS_BACKEND": backend, "MLFLOW_TRACKING_URI": uri}
+    return subprocess.run([sys.executable, "-c", BLOCK_TENSORFLOW, *args], cwd=cwd, env=env,
+                          text=True, capture_output=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def jax_sweep(tmp_path_factory):
+    """Feature extraction and partial fine-tuning on JAX, then the same multirun again (resumed),
+    then a report and a rank: all with TensorFlow unimportable. (full_retrain on JAX is in
+    benchmarks/accelerator.py: 35 s more here.)"""
+    workdir = tmp_path_factory.mktemp("jax")
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    grid = ["-m", "strategy=feature_extraction,partial_finetune", *TINY]
+    results = {"sweep": cli_without_tensorflow(*grid, cwd=workdir, uri=uri),
+               "resume": cli_without_tensorflow(*grid, cwd=workdir, uri=uri),
+               "report": cli_without_tensorflow("report", "--out", "reports", cwd=workdir,
+                                                uri=uri),
+               "rank": cli_without_tensorflow("rank", *TINY[:1], *TINY[3:], cwd=workdir,
+                                              uri=uri)}
+    return results, uri, workdir
+
+
+def test_jax_runs_every_strategy_without_tensorflow(jax_sweep):
+    results, uri, _ = jax_sweep
+    assert results["sweep"].returncode == 0, results["sweep"].stderr[-2000:]
+    client = MlflowClient(uri)
+    runs = [run for run in client.search_runs(
+        [client.get_experiment_by_name("tlbench").experiment_id]) if "strategy.name" in
+        run.data.params]  # score runs (rank) have no strategy
+    trainable = {r.data.params["strategy.name"]: r.data.metrics["params_trainable"]
+                 for r in runs if r.info.status == "FINISHED"}
+    assert trainable["feature_extraction"] < trainable["partial_finetune"]
+    for run in runs:
+        tags = run.data.tags
+        assert (tags["keras_backend"], tags["accelerator.kind"], tags["precision"]) == \
+            ("jax", "cpu", "float32")
+        assert int(tags["accelerator.count"]) == 1 and tags["accelerator.name"]
+        assert "jax_version" in tags and "tensorflow_version" not in tags
+        assert run.data.params["keras_backend"] == "jax"
+
+
+def test_jax_resume_report_and_rank_without_tensorflow(jax_sweep):
+    results, _, workdir = jax_sweep
+    resumed = results["resume"].stdout + results["resume"].stderr
+    assert "0 done, 2 skipped" in resumed, resumed[-2000:]
+    assert results["report"].returncode == 0, results["report"].stderr[-2000:]
+    report = next((workdir / "reports").glob("*.md")).read_text()
+    assert "jax" in report
+    assert results["rank"].returncode == 0, results["rank"].stderr[-2000:]
+    assert "logme" in results["rank"].stdout
+
+
+def test_torch_feature_extraction_without_tensorflow(tmp_path):
+    """A smoke run on PyTorch, where it is installed (`pip install -e '.[torch]'`)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = cli_without_tensorflow(*TINY, cwd=tmp_path, uri=uri, backend="torch")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("tlbench").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["keras_backend"] == "torch"
+
+
+def test_tfds_on_jax_without_tensorflow_is_one_line(tmp_path):
+    result = cli_without_tensorflow("data=tfds", "data.dataset=mnist", *TINY, cwd=tmp_path,
+                                    uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "data=tfds needs" in result.stderr
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_probabilities(tiny_config, precision):
+    config = tiny_config("strategy=feature_extraction", "cache.enabled=false",
+                         f"trainer.precision={precision}")
+    dataset, plan = build_run(config)
+    result = train_and_evaluate(plan, {"images": dataset}, config.trainer, config.seed)
+    assert 0 <= result.metrics["test_accuracy"] <= 1
+    assert plan.model.dtype_policy.name == precision
+    assert plan.model.output.dtype == "float32"  # the softmax stays float32
+    scaled = isinstance(plan.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "mixed_float16")  # loss scaling only for float16
+    keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_precision_keys_the_feature_cache(tiny_config, tmp_path):
+    from tlbench.features import entry_dir, entry_key
+    from tlbench.registry import BACKBONES
+
+    keys = [entry_key(BACKBONES["mobilenetv2"], "w", "d", 32, "pooled", precision)
+            for precision in ("float32", "mixed_bfloat16")]
+    assert entry_dir(tmp_path, keys[0]) != entry_dir(tmp_path, keys[1])
+
+
+@pytest.mark.parametrize(("key", "value"), [("precision", "float64"), ("jit_compile", "maybe")])
+def test_bad_precision_or_jit_compile_is_one_line(tiny_config, key, value):
+    with pytest.raises(TlbenchError, match=f"trainer.{key}='{value}' is invalid"):
+        tiny_config(f"trainer.{key}={value}")
+
+
+def test_backend_is_part_of_the_identity(tiny_config):
+    identity = track.identity(tiny_config())
+    assert identity["keras_backend"] == keras.backend.backend() == runtime.backend()
+
+
+@pytest.mark.parametrize("how", ["env", "keras.json"])
+def test_backend_is_read_as_keras_reads_it(tmp_path, how):
+    """Before Keras is imported (a skipped run never imports it) and after, the same answer."""
+    pytest.importorskip("jax")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"} | {
+        "KERAS_HOME": str(tmp_path)}
+    if how == "env":
+        env["KERAS_BACKEND"] = "jax"
+    else:
+        (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    code = ("from tlbench import runtime; before = runtime.backend(); import keras; "
+            "print(before, runtime.backend(), keras.backend.backend())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, text=True, capture_output=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["jax", "jax", "jax"]
+
+
+def test_array_batches_reshuffle_each_epoch_from_the_seed():
+    x, y = np.arange(10.0)[:, None], np.arange(10)
+    batches, again = ArrayBatches(x, y, 4, shuffle_seed=3), ArrayBatches(x, y, 4, shuffle_seed=3)
+    first = np.concatenate([batches[i][1] for i in range(len(batches))])
+    assert len(batches) == 3 and sorted(first) == list(range(10))
+    assert (first == np.concatenate([again[i][1] for i in range(3)])).all()
+    batches.on_epoch_end()
+    second = np.concatenate([batches[i][1] for i in range(3)])
+    assert sorted(second) == list(range(10)) and (second != first).any()
+    plain = ArrayBatches(x, y, 4, shuffle_seed=None)
+    assert (np.concatenate([plain[i][1] for i in range(3)]) == y).all()
+
+
+def test_resize_matches_tensorflow_bilinear():
+    """On TensorFlow, keras.ops resizing is tf.image.resize's (same numbers as before)."""
+    import tensorflow as tf
+
+    from tlbench.data import resize
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
+    expected = np.clip(tf.image.resize(images.astype(np.float32), (32, 32)).numpy(), 0, 255)
+    np.testing.assert_array_equal(resize(images, 32), expected)
