@@ -64,11 +64,10 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
     if overlap is not None:  # timed apart as pretrain_seconds
         checkpoint = pretrain.source_checkpoint(config.backbone, config.pretrain, config.trainer)
         weights = str(checkpoint.weights_path)
-        if not checkpoint.cache_hit:  # pretraining set its own seed and float32 policy
-            train.configure_runtime(config.trainer, config.seed, threads)
     start = time.perf_counter()
     keras.backend.clear_session(free_memory=False)  # configure_runtime collected garbage
     keras.utils.set_random_seed(config.seed)  # the same initialisation whatever ran before
+    keras.mixed_precision.set_dtype_policy(config.trainer.precision)  # clear_session reset it
     base = backbone.build_base(entry, config.backbone.input_size, weights,
                                config.backbone.bn_momentum)
     sha256 = checkpoint.manifest["weights_sha256"] if checkpoint else \
