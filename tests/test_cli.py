@@ -34,11 +34,11 @@ def tlbench(*args: str, cwd: Path, uri: str | None = None, python: str = sys.exe
                           capture_output=True, timeout=600)
 
 
-def runs_of(uri: str):
-    """Every job's run of the tlbench experiment (sweeps' parent runs left out), as MLflow
-    returns them."""
+def runs_of(uri: str, name: str = "tlbench"):
+    """Every job's run of the experiment (sweeps' parent runs left out), as MLflow returns
+    them."""
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tlbench")
+    experiment = client.get_experiment_by_name(name)
     runs = [] if experiment is None else client.search_runs([experiment.experiment_id])
     return [r for r in runs if r.data.tags.get("tlbench.kind") != "sweep"]
 

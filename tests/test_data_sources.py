@@ -240,9 +240,10 @@ def test_embedded_and_generated_sources_say_they_are_upscaled(caplog):
         load_source(data_config("synthetic", image_size=16, input_size=32))
     lines = [r.getMessage() for r in caplog.records if "upscaled" in r.getMessage()]
     assert lines == [
-        "data digits: 1797 of 1797 images are smaller than 32x32 (smallest 8x8); they are upscaled",
+        "data digits: 1797 of 1797 images are smaller than 32x32 (smallest 8x8); they are "
+        "upscaled to 32x32 when decoded (data.input_size)",
         "data synthetic: 1000 of 1000 images are smaller than 32x32 (smallest 16x16); they are "
-        "upscaled"]
+        "upscaled to 32x32 when decoded (data.input_size)"]
 
 
 # --- keras.datasets ------------------------------------------------------------------------------

@@ -151,10 +151,12 @@ def test_server_with_postgresql_backend(tmp_path):
     backend = os.environ["TLBENCH_TEST_POSTGRES_URI"]
     log_file = tmp_path / "server.log"
     with serve(backend, tmp_path / "artifacts", free_port(), log_file) as uri:
+        experiment = f"pg-{tmp_path.name}-{os.getpid()}"  # the database outlives one test
         result = tlbench("-m", *VGG_TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                         "data.train_size=2,3", f"tracking.uri={uri}", cwd=tmp_path)
+                         "data.train_size=2,3", f"tracking.uri={uri}",
+                         f"tracking.experiment={experiment}", cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:] + log_file.read_text()[-2000:]
-        runs = runs_of(uri)
+        runs = runs_of(uri, experiment)
     assert sorted(r.info.run_name for r in runs) == [
         "vgg16-feature_extraction-n2-s0", "vgg16-feature_extraction-n3-s0"]
     assert {r.info.status for r in runs} == {"FINISHED"}

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         specs = [BACKBONES[name] for name in names]
     except TlbenchError as exc:  # an unknown name: one line with the closest ones
         raise SystemExit(f"tlbench: error: {exc}") from None
-    from tlbench.quiet import import_tensorflow
+    from tlbench.quiet import import_keras
 
-    import_tensorflow()
+    import_keras()
     print(markdown([row(spec) for spec in specs]), flush=True)
     return 0

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
@@ -302,8 +303,12 @@ def log_dataset_input(uri: str, run_id: str, name: str, digest: str,
         name=name, digest=digest[:36], source_type="tlbench",
         source=json.dumps({"data": name}), profile=json.dumps(
             {"num_rows": sum(sizes.values()), "splits": sizes}, sort_keys=True))
-    context = mlflow.entities.InputTag(MLFLOW_DATASET_CONTEXT, "training")
-    MlflowClient(uri).log_inputs(run_id, [mlflow.entities.DatasetInput(dataset, [context])])
+    inputs = [mlflow.entities.DatasetInput(
+        dataset, [mlflow.entities.InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
+    try:
+        MlflowClient(uri).log_inputs(run_id, inputs)
+    except MlflowException:  # two workers inserted the same dataset at once: it exists now
+        MlflowClient(uri).log_inputs(run_id, inputs)
 
 
 def log_confusion_matrix(uri: str, run_id: str, confusion, class_names: tuple[str, ...]) -> None:
