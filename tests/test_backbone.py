@@ -264,7 +264,7 @@ def test_backbones_command_prints_the_table(capsys):
 
     assert main(["--only", "vgg16", "pixels"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| vgg16 | vgg | 14.7M | 32 | 224 |")
+    assert len(lines) == 4 and lines[2].startswith("| vgg16 | vgg | 14.7M | 15.35 | 32 | 224 |")
     assert "32: block5_conv1" in lines[2] and "vgg16_weights_tf_dim_ordering" in lines[2]
 
 
