@@ -12,8 +12,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tlbench.report.__main__ import main as report_main
-from tlbench.store import ensure_experiment
-from tlbench.sweep import SWEEP_KIND, open_parent_run
+from tlbench.store import SWEEP_KIND, ensure_experiment
+from tlbench.sweep import open_parent_run
 from tlbench.track import tracked_run
 
 PARENT = "mlflow.parentRunId"

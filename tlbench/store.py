@@ -19,6 +19,7 @@ from tlbench.errors import TlbenchError
 
 HTTP_CHECK_SECONDS = 5
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs
+KIND_TAG, SWEEP_KIND = "tlbench.kind", "sweep"  # the parent run of a multirun
 _USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*):[^@/\s]*@")
 
 
@@ -82,3 +83,17 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def sweep_parent_id(client, experiment_id: str, sweep_id: str | None,
+                    status: str | None = None) -> str | None:
+    """The run id of the sweep's parent run (the oldest, should two launchers race), optionally
+    only while it has this status; None when there is none or `sweep_id` is None."""
+    if not sweep_id or "'" in sweep_id:
+        return None
+    query = f"tags.sweep_id = '{sweep_id}' and tags.`{KIND_TAG}` = '{SWEEP_KIND}'"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"],
+                              max_results=1)
+    return runs[0].info.run_id if runs else None

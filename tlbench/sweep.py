@@ -30,7 +30,6 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("tlbench")
 
 JOBS_FILE = "tlbench_jobs.jsonl"
-KIND_TAG, SWEEP_KIND = "tlbench.kind", "sweep"  # the parent run of a multirun
 NOTE = "mlflow.note.content"  # a run's description in MLflow's UI
 NOT_IDENTITY = ("tracking.", "dry_run", "trainer.verbose", "hydra.", "hydra/")
 
@@ -194,24 +193,10 @@ def prepare_store(config: DictConfig) -> None:
                     "sweeps start `tlbench server` and pass its tracking.uri")
 
 
-def sweep_parent_id(client, experiment_id: str, sweep_id: str | None,
-                    status: str | None = None) -> str | None:
-    """The run id of the sweep's parent run (the oldest, should two launchers race), optionally
-    only while it has this status; None when there is none or `sweep_id` is None."""
-    if not sweep_id or "'" in sweep_id:
-        return None
-    query = f"tags.sweep_id = '{sweep_id}' and tags.`{KIND_TAG}` = '{SWEEP_KIND}'"
-    if status:
-        query += f" and attributes.status = '{status}'"
-    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"],
-                              max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
 def open_parent_run(client, experiment_id: str, sweep_id: str, command: str) -> str:
     """The sweep's parent run, RUNNING: created on the first launch, reused (set RUNNING again)
     when the same grid is launched again to resume it."""
-    from tlbench.store import redact
+    from tlbench.store import KIND_TAG, SWEEP_KIND, redact, sweep_parent_id
 
     run_id = sweep_parent_id(client, experiment_id, sweep_id)
     if run_id is None:

@@ -28,8 +28,7 @@ from tlbench import __version__, runtime
 from tlbench.config import RunConfig
 from tlbench.errors import last_line
 from tlbench.identity import config_hash, flatten, identity
-from tlbench.store import ensure_experiment, redact
-from tlbench.sweep import sweep_parent_id
+from tlbench.store import ensure_experiment, redact, sweep_parent_id
 
 if TYPE_CHECKING:
     from tlbench.prepare import Prepared

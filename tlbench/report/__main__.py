@@ -129,7 +129,7 @@ def write_report(args: argparse.Namespace) -> Path:
 
 def attach_to_sweep_run(client, experiment: str, sweep_id: str, files: list[Path]) -> None:
     """Log the report and its plots under `report/` of the sweep's parent run, if it has one."""
-    from tlbench.sweep import sweep_parent_id
+    from tlbench.store import sweep_parent_id
 
     try:
         parent = sweep_parent_id(client, experiment, sweep_id)
