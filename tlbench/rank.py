@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see tlbench/quiet.py
 
 from tlbench.config import RunConfig, parse_config  # noqa: E402
 from tlbench.errors import TlbenchError, last_line, one_line  # noqa: E402
