@@ -289,3 +289,44 @@ def test_unreachable_server_error_hides_the_password():
     with pytest.raises(TlbenchError) as err:
         check_tracking_store("http://tl:s3cr3t-pw@127.0.0.1:9")
     assert "s3cr3t" not in str(err.value) and "tl:***@127.0.0.1:9" in str(err.value)
+
+
+def test_a_tracking_server_restarted_mid_sweep_loses_and_duplicates_nothing(tmp_path):
+    """The server stops after the first run FINISHED and comes back on the same port and store:
+    the running job's MLflow calls retry, the next job waits for it, nothing fails; a rerun
+    skips everything, and the store holds one FINISHED run per configuration, whole."""
+    import urllib.request
+
+    from tlbench.server import serve
+
+    from .test_cli import runs_of, tlbench
+    from .test_sweep import free_port, wait_for
+
+    backend, port, log_file = f"sqlite:///{tmp_path}/server.db", free_port(), tmp_path / "log"
+    args = ["-m", "backbone=pixels", "data.train_size=2,3,4", "trainer.epochs=1",
+            "trainer.patience=null", f"tracking.uri=http://127.0.0.1:{port}"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with serve(backend, tmp_path / "artifacts", port, log_file) as uri:
+        sweep = subprocess.Popen([sys.executable, "-m", "tlbench", *args], cwd=tmp_path,
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        wait_for(lambda: "FINISHED" in {r.info.status for r in runs_of(uri)}, 120, every=0.2)
+    with pytest.raises(OSError):  # down, with the sweep's next jobs still to log
+        urllib.request.urlopen(f"{uri}/health", timeout=2)
+    assert sweep.poll() is None
+    time.sleep(3)
+    with serve(backend, tmp_path / "artifacts", port, log_file):
+        output, _ = sweep.communicate(timeout=300)
+        rerun = tlbench(*args, cwd=tmp_path)
+        runs = runs_of(uri)
+        client = MlflowClient(uri)
+        epochs = {r.info.run_id: client.get_metric_history(r.info.run_id, "epoch_loss")
+                  for r in runs}
+    assert sweep.returncode == 0, output[-3000:]
+    assert "3 done, 0 skipped (already FINISHED), 0 failed" in output, output[-3000:]
+    assert rerun.returncode == 0 and "0 done, 3 skipped" in rerun.stdout, rerun.stdout[-2000:]
+    assert len(runs) == len({r.data.tags["config_hash"] for r in runs}) == 3
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert {"test_accuracy", "val_accuracy", "fit_seconds"} <= run.data.metrics.keys()
+        assert len(epochs[run.info.run_id]) == 1  # one epoch logged once: no retried doubles

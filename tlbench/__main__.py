@@ -49,7 +49,8 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
     from tlbench import identity, store, track
 
     uri = store.resolve_tracking_uri(config.tracking.uri)
-    store.check_tracking_store(uri)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN  # its store was checked at the start
+    store.check_tracking_store(uri, store.OUTAGE_SECONDS if multirun else 0.0)
     digest = identity.config_hash(config)
     finished = track.finished_run(uri, config, digest)
     if finished is not None and config.tracking.resume:

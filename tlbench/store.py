@@ -5,9 +5,11 @@ Also `redact`, which keeps passwords in tracking URIs out of everything tlbench 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,9 +20,11 @@ from mlflow.tracking import MlflowClient
 from tlbench.errors import TlbenchError
 
 HTTP_CHECK_SECONDS = 5
+OUTAGE_SECONDS = 120  # a sweep's job waits this long for its tracking server (a restart)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs
 KIND_TAG, SWEEP_KIND = "tlbench.kind", "sweep"  # the parent run of a multirun
 _USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*):[^@/\s]*@")
+log = logging.getLogger("tlbench")
 
 
 def redact(text: str) -> str:
@@ -35,12 +39,14 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def check_tracking_store(uri: str) -> None:
-    """Fail in seconds, before any training, if the store cannot be written or reached."""
+def check_tracking_store(uri: str, wait: float = 0.0) -> None:
+    """Fail in seconds, before any training, if the store cannot be written or reached; a
+    tracking server that does not answer is given `wait` seconds more (a sweep's job waits out
+    a server restart)."""
     if uri.startswith("sqlite:///"):
         _check_sqlite_location(Path(uri.removeprefix("sqlite:///")), uri)
     elif uri.startswith(("http://", "https://")):
-        _check_server(uri)
+        _check_server(uri, wait)
 
 
 def _check_sqlite_location(path: Path, uri: str) -> None:
@@ -57,17 +63,25 @@ def _check_sqlite_location(path: Path, uri: str) -> None:
         ) from None
 
 
-def _check_server(uri: str) -> None:
-    """An HTTP tracking server must answer its health check within a few seconds."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HTTP_CHECK_SECONDS):
-            return
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TlbenchError(
-            f"tracking.uri={redact(uri)}: tracking server unreachable ({reason}); start it "
-            "(mlflow server --host 127.0.0.1) or pass another tracking.uri."
-        ) from None
+def _check_server(uri: str, wait: float) -> None:
+    """An HTTP tracking server must answer its health check within a few seconds (plus `wait`,
+    polled every 2 s after one warning line)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HTTP_CHECK_SECONDS):
+                return
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+        if time.monotonic() >= deadline:
+            raise TlbenchError(
+                f"tracking.uri={redact(uri)}: tracking server unreachable ({reason}); start it "
+                "(mlflow server --host 127.0.0.1) or pass another tracking.uri.")
+        if wait:
+            log.warning("tracking server %s unreachable (%s); waiting up to %.0f s for it",
+                        redact(uri), reason, deadline - time.monotonic())
+            wait = 0.0  # warn once
+        time.sleep(2)
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
