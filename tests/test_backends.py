@@ -106,6 +106,31 @@ def test_torch_feature_extraction_without_tensorflow(tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["keras_backend"] == "torch"
 
 
+JAX_POOL = """
+import os, sys
+from tlbench import runtime
+from tlbench.quiet import import_keras
+runtime.cap_threads_before_start(int(sys.argv[1]))
+import_keras()
+import keras
+keras.ops.matmul(keras.ops.ones((64, 64)), keras.ops.ones((64, 64)))
+names = [open(f"/proc/self/task/{task}/comm").read() for task in os.listdir("/proc/self/task")]
+print(sum("XLAEigen" in name for name in names))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_trainer_threads_sizes_the_jax_cpu_pool():
+    pytest.importorskip("jax")
+    threads = (os.cpu_count() or 1) + 1  # JAX's own default is one thread per core
+    env = {k: v for k, v in os.environ.items() if k != "PJRT_NPROC"} | {
+        "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", JAX_POOL, str(threads)], env=env, text=True,
+                         capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == str(threads)
+
+
 def test_tfds_on_jax_without_tensorflow_is_one_line(tmp_path):
     result = cli_without_tensorflow("data=tfds", "data.dataset=mnist", *TINY, cwd=tmp_path,
                                     uri=f"sqlite:///{tmp_path}/mlflow.db")

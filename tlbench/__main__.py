@@ -59,8 +59,11 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
     if dry_run:
         return Outcome("planned", summary="would run")
     # Imported only now, so that config and store errors come before TensorFlow's ~5 s start-up.
+    from tlbench import runtime
     from tlbench.quiet import import_keras
 
+    threads = config.trainer.threads or sweep.worker_threads()
+    runtime.cap_threads_before_start(threads)
     import_keras()
     from tlbench import prepare, registry, strategy
     from tlbench.backbone import weights_kind
@@ -71,8 +74,7 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
     tags = job_tags(sweep_info) | track.environment_tags(config.trainer.precision) | {
         "weights.kind": weights_kind(weights), "inputs": adapt.route(config, entry).inputs}
     with track.tracked_run(config, uri, tags, digest) as run_id:
-        prepared = prepare.prepare(config, weights,
-                                   config.trainer.threads or sweep.worker_threads())
+        prepared = prepare.prepare(config, weights, threads)
         track.log_prepared(uri, run_id, prepared)
         result = adapt.train(prepared)
         metrics = result.metrics | {"setup_seconds": prepared.setup_seconds,

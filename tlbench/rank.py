@@ -269,8 +269,10 @@ def rank(overrides: list[str]) -> list[Candidate]:
     """Compose, check, score every candidate (failures recorded, not raised), print the table."""
     candidates = compose_candidates(overrides)
     uris = check_stores(candidates)
+    from tlbench import runtime
     from tlbench.quiet import import_keras
 
+    runtime.cap_threads_before_start(candidates[0].config.trainer.threads)
     import_keras()
     from tlbench import track
 

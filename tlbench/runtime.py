@@ -186,4 +186,10 @@ def _torch_threads(threads: int) -> None:
 DETERMINISM = {"tensorflow": _tensorflow_determinism, "jax": _jax_determinism,
                "torch": _torch_determinism}
 THREADS = {"tensorflow": _tensorflow_threads, "torch": _torch_threads}
-"""JAX sizes XLA's CPU pool when it starts and offers no call to change it: threads not applied."""
+
+
+def cap_threads_before_start(threads: int | None) -> None:
+    """On JAX, size XLA's CPU pool: its CPU client reads PJRT_NPROC once, when it is created (at
+    the first device query or computation), so this runs before Keras is imported."""
+    if threads and backend() == "jax":
+        os.environ["PJRT_NPROC"] = str(threads)
