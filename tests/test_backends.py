@@ -96,14 +96,26 @@ def test_jax_resume_report_and_rank_without_tensorflow(jax_sweep):
     assert "logme" in results["rank"].stdout
 
 
-def test_torch_feature_extraction_without_tensorflow(tmp_path):
-    """A smoke run on PyTorch, where it is installed (`pip install -e '.[torch]'`)."""
+def test_torch_runs_every_strategy_without_tensorflow(tmp_path):
+    """Frozen, partly frozen and whole-network training on PyTorch, where it is installed (`pip
+    install -e '.[torch]'`); only the rows the runs use are cached (fill_limit=0), to save time."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = cli_without_tensorflow(*TINY, cwd=tmp_path, uri=uri, backend="torch")
+    result = cli_without_tensorflow("-m", "strategy=feature_extraction,partial_finetune,"
+                                    "full_retrain", *TINY, "cache.fill_limit=0", cwd=tmp_path,
+                                    uri=uri, backend="torch")
     assert result.returncode == 0, result.stderr[-2000:]
-    (run,) = MlflowClient(uri).search_runs(
-        [MlflowClient(uri).get_experiment_by_name("tlbench").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.tags["keras_backend"] == "torch"
+    client = MlflowClient(uri)
+    runs = [run for run in client.search_runs([client.get_experiment_by_name(
+        "tlbench").experiment_id]) if "strategy.name" in run.data.params]
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert {(run.data.tags["keras_backend"], run.data.params["keras_backend"]) for run in runs} \
+        == {("torch", "torch")}
+    assert all("torch_version" in run.data.tags and "tensorflow_version" not in run.data.tags
+               for run in runs)
+    trainable = {run.data.params["strategy.name"]: run.data.metrics["params_trainable"]
+                 for run in runs}
+    assert trainable["feature_extraction"] < trainable["partial_finetune"] < \
+        trainable["full_retrain"]
 
 
 JAX_POOL = """
