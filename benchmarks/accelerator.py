@@ -7,7 +7,10 @@ small feature-extraction + partial fine-tune grid per backend and precision, as 
 Each backend runs in its own process (Keras fixes the backend when it is imported). Throughput:
 random weights, random float32 images copied from the host each batch, the first call (tracing,
 compilation) not timed; forward is the pooled base in inference mode, training a whole network
-plus a softmax head (Adam). The grid is the real CLI (`python -m tlbench -m ...`, random weights,
+plus a softmax head (Adam). `--inputs float32,uint8` adds rows fed uint8 images (a quarter of the
+bytes to copy to the device) that the model casts and scales itself (a Rescaling layer, as
+cheap as any backbone's preprocess_input): does preprocessing on the device pay for itself?
+The grid is the real CLI (`python -m tlbench -m ...`, random weights,
 an empty feature cache and store), so its wall time includes start-up, data and the forward pass
 for the cache.
 """
@@ -36,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="timed batches per measurement")
     parser.add_argument("--grid-size", type=int, default=32, help="the grid's data.input_size")
+    parser.add_argument("--no-grid", action="store_true", help="throughput only")
+    parser.add_argument("--inputs", default="float32",
+                        help="float32 (preprocessed on the host) and/or uint8 (on the device)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -45,8 +51,10 @@ def installed_backends() -> list[str]:
     return [name for name in ("tensorflow", "jax", "torch") if importlib.util.find_spec(name)]
 
 
-def throughput(backbone: str, precision: str, size: int, batch: int, steps: int) -> dict:
-    """Images per second forward (pooled base, inference) and training (base + head, Adam)."""
+def throughput(backbone: str, precision: str, size: int, batch: int, steps: int,
+               inputs: str = "float32") -> dict:
+    """Images per second forward (pooled base, inference) and training (base + head, Adam);
+    `inputs` uint8: the images cross as uint8 and the model casts and scales them."""
     import keras
     import numpy as np
 
@@ -57,13 +65,15 @@ def throughput(backbone: str, precision: str, size: int, batch: int, steps: int)
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
     base = build_base(registry.BACKBONES[backbone], size, None, 0.9)
-    pooled = keras.layers.GlobalAveragePooling2D()(base.output)
-    forward = keras.Model(base.input, pooled)
+    images = keras.Input((size, size, 3), dtype=inputs)
+    scaled = images if inputs == "float32" else keras.layers.Rescaling(1 / 127.5, -1)(images)
+    pooled = keras.layers.GlobalAveragePooling2D()(base(scaled))
+    forward = keras.Model(images, pooled)
     head = keras.layers.Dense(10, activation="softmax", dtype="float32")(pooled)
-    model = keras.Model(base.input, head)
+    model = keras.Model(images, head)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch * steps, size, size, 3)).astype(np.float32)
+    x = rng.uniform(0, 255, (batch * steps, size, size, 3)).astype(inputs)
     y = rng.integers(0, 10, batch * steps)
     forward.predict(x[:batch], batch_size=batch, verbose=0)  # trace and compile
     start = time.perf_counter()
@@ -96,9 +106,12 @@ def child(args: argparse.Namespace) -> None:
     device = runtime.accelerator()
     for backbone in args.backbones.split(","):
         for precision in args.precisions.split(","):
-            rates = throughput(backbone, precision, args.size, args.batch, args.steps)
-            print(json.dumps({"backend": runtime.backend(), "device": device.name,
-                              "backbone": backbone, "precision": precision} | rates), flush=True)
+            for inputs in args.inputs.split(","):
+                rates = throughput(backbone, precision, args.size, args.batch, args.steps,
+                                   inputs)
+                print(json.dumps({"backend": runtime.backend(), "device": device.name,
+                                  "backbone": backbone, "precision": precision,
+                                  "inputs": inputs} | rates), flush=True)
 
 
 def measure(backend: str, args: argparse.Namespace) -> list[dict]:
@@ -107,11 +120,12 @@ def measure(backend: str, args: argparse.Namespace) -> list[dict]:
     out = subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env,
                          check=True, capture_output=True, text=True).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    first = args.backbones.split(",")[0]
-    grid = {p: grid_seconds(backend, p, first, args.grid_size)
-            for p in args.precisions.split(",")}
+    first, inputs = args.backbones.split(",")[0], args.inputs.split(",")[0]
+    grid = {} if args.no_grid else {p: grid_seconds(backend, p, first, args.grid_size)
+                                    for p in args.precisions.split(",")}
     for row in rows:
-        row["grid"] = grid[row["precision"]] if row["backbone"] == first else None
+        mine = row["backbone"] == first and row["inputs"] == inputs
+        row["grid"] = grid.get(row["precision"]) if mine else None
     return rows
 
 
@@ -123,12 +137,13 @@ def main() -> None:
     print(f"\n{args.size} px, batch {args.batch}, {args.steps} timed batches; grid: "
           f"{' '.join(GRID)} data.input_size={args.grid_size}, backbone "
           f"{args.backbones.split(',')[0]}\n")
-    print("| backend | device | backbone | precision | forward img/s | train img/s | grid s |")
-    print("| --- | --- | --- | --- | ---: | ---: | ---: |")
+    print("| backend | device | backbone | precision | inputs | forward img/s | train img/s | "
+          "grid s |")
+    print("| --- | --- | --- | --- | --- | ---: | ---: | ---: |")
     for r in rows:
         grid = "" if r["grid"] is None else f"{r['grid']:.1f}"
         print(f"| {r['backend']} | {r['device']} | {r['backbone']} | {r['precision']} | "
-              f"{r['forward']:.0f} | {r['train']:.0f} | {grid} |")
+              f"{r['inputs']} | {r['forward']:.0f} | {r['train']:.0f} | {grid} |")
 
 
 if __name__ == "__main__":

@@ -292,9 +292,9 @@ def test_unreachable_server_error_hides_the_password():
 
 
 def test_a_tracking_server_restarted_mid_sweep_loses_and_duplicates_nothing(tmp_path):
-    """The server stops after the first run FINISHED and comes back on the same port and store:
-    the running job's MLflow calls retry, the next job waits for it, nothing fails; a rerun
-    skips everything, and the store holds one FINISHED run per configuration, whole."""
+    """The server stops once the second job's run has started and comes back on the same port
+    and store: that job's MLflow calls retry, a job starting meanwhile waits, nothing fails; a
+    rerun skips everything, and the store holds one FINISHED run per configuration, whole."""
     import urllib.request
 
     from tlbench.server import serve
@@ -306,22 +306,31 @@ def test_a_tracking_server_restarted_mid_sweep_loses_and_duplicates_nothing(tmp_
     args = ["-m", "backbone=pixels", "data.train_size=2,3,4", "trainer.epochs=1",
             "trainer.patience=null", f"tracking.uri=http://127.0.0.1:{port}"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    with serve(backend, tmp_path / "artifacts", port, log_file) as uri:
-        sweep = subprocess.Popen([sys.executable, "-m", "tlbench", *args], cwd=tmp_path,
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)
-        wait_for(lambda: "FINISHED" in {r.info.status for r in runs_of(uri)}, 120, every=0.2)
-    with pytest.raises(OSError):  # down, with the sweep's next jobs still to log
-        urllib.request.urlopen(f"{uri}/health", timeout=2)
-    assert sweep.poll() is None
-    time.sleep(3)
-    with serve(backend, tmp_path / "artifacts", port, log_file):
-        output, _ = sweep.communicate(timeout=300)
-        rerun = tlbench(*args, cwd=tmp_path)
-        runs = runs_of(uri)
-        client = MlflowClient(uri)
-        epochs = {r.info.run_id: client.get_metric_history(r.info.run_id, "epoch_loss")
-                  for r in runs}
+    sweep = None
+    try:
+        with serve(backend, tmp_path / "artifacts", port, log_file) as uri, \
+                open(tmp_path / "sweep.log", "w") as output:  # the child keeps its own copy
+            sweep = subprocess.Popen([sys.executable, "-m", "tlbench", *args], cwd=tmp_path,
+                                     env=env, stdout=output, stderr=subprocess.STDOUT)
+            wait_for(lambda: second_job_started(runs_of(uri)), 120, 0.2)
+            os.kill(sweep.pid, signal.SIGSTOP)  # held while the server stops, however fast
+            assert [r.info.status for r in runs_of(uri)].count("FINISHED") < 3
+        with pytest.raises(OSError):  # down, with the sweep's next jobs still to log
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+        os.kill(sweep.pid, signal.SIGCONT)
+        time.sleep(3)
+        with serve(backend, tmp_path / "artifacts", port, log_file):
+            sweep.wait(timeout=300)
+            rerun = tlbench(*args, cwd=tmp_path)
+            runs = runs_of(uri)
+            client = MlflowClient(uri)
+            epochs = {r.info.run_id: client.get_metric_history(r.info.run_id, "epoch_loss")
+                      for r in runs}
+    finally:
+        if sweep is not None and sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+    output = (tmp_path / "sweep.log").read_text()
     assert sweep.returncode == 0, output[-3000:]
     assert "3 done, 0 skipped (already FINISHED), 0 failed" in output, output[-3000:]
     assert rerun.returncode == 0 and "0 done, 3 skipped" in rerun.stdout, rerun.stdout[-2000:]
@@ -330,3 +339,36 @@ def test_a_tracking_server_restarted_mid_sweep_loses_and_duplicates_nothing(tmp_
     for run in runs:
         assert {"test_accuracy", "val_accuracy", "fit_seconds"} <= run.data.metrics.keys()
         assert len(epochs[run.info.run_id]) == 1  # one epoch logged once: no retried doubles
+
+
+def second_job_started(runs) -> bool:
+    """One run FINISHED and the next RUNNING (or, if that was missed, two FINISHED)."""
+    statuses = [run.info.status for run in runs]
+    return statuses.count("FINISHED") >= 2 or {"FINISHED", "RUNNING"} <= set(statuses)
+
+
+RETRIED_CALL = """
+import random, sys
+import tlbench.__main__
+from mlflow.tracking import MlflowClient
+random.seed(0)
+before = random.getstate()
+try:
+    MlflowClient(sys.argv[1]).get_experiment_by_name("tlbench")
+except Exception:
+    pass
+print(random.getstate() == before)
+"""
+
+
+def test_retried_tracking_calls_leave_the_seeded_random_state_alone():
+    """Keras' default seeds come from Python's `random`; MLflow's retry jitter must not draw
+    from it, or a job whose calls were retried through an outage trains other weights."""
+    from .test_sweep import free_port
+
+    env = os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+    env.pop("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", None)
+    out = subprocess.run([sys.executable, "-c", RETRIED_CALL, f"http://127.0.0.1:{free_port()}"],
+                         env=env, text=True, capture_output=True, timeout=120)
+    assert out.stdout.split()[-1] == "True", out.stderr[-2000:]

@@ -17,6 +17,9 @@ import time
 from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see tlbench/quiet.py
+# MLflow's HTTP retries (a tracking server restarting) add jitter from Python's global `random`,
+# where Keras draws its default seeds: a retried call would change the run's initial weights.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
