@@ -21,8 +21,9 @@ from pathlib import Path
 from tlbench.errors import TlbenchError
 
 START_TIMEOUT_SECONDS = 60
-# MLflow's GenAI job runner (seven huey worker processes) is of no use to tlbench and triples the
-# server's start-up (33 s -> 10 s on 2 loaded cores); a user's own setting wins.
+# MLflow's GenAI job runner (seven huey worker processes) is of no use to tlbench; without it the
+# server stops in about 2 s instead of 10-19 s and starts in 10-31 s instead of 24-33 s (2 cores
+# loaded by other jobs, 3-4 tries each). A user's own setting wins.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
