@@ -28,6 +28,8 @@ class BackboneSpec:
     NASNet, whose cells take two). Capabilities: `has_weights` (pretrained weights can be loaded
     and its BatchNorm tuned), `trainable` (it has layers a strategy can train), `features`
     ("pooled": global average of the last feature map; "flat": the output flattened).
+    `load_weights(model, path)` loads a weights file where Keras' model.load_weights cannot (a
+    saved .keras model's own weights into its headless part); None: model.load_weights.
     """
 
     name: str
@@ -45,6 +47,7 @@ class BackboneSpec:
     features: str = "pooled"
     has_weights: bool = True
     trainable: bool = True
+    load_weights: Callable[[Any, Any], None] | None = None
 
     def imagenet_file(self, input_size: int) -> str:
         """The headless ImageNet file Keras caches in $KERAS_HOME/models for this input size."""

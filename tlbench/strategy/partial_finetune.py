@@ -61,7 +61,7 @@ def check_phase_settings(config, epoch_keys: tuple[str, ...]) -> None:
 
 def check_stages(run: RunConfig, key: str, blocks: int | None) -> None:
     """A stage count, where set, that the backbone has."""
-    stages = len(registry.BACKBONES[run.backbone.name].stages)
+    stages = len(run.backbone.entry().stages)
     if blocks is not None:
         check(1 <= blocks <= stages, f"strategy.{key}", blocks,
               f"1 to {stages}: {run.backbone.name} has {stages} stages")
