@@ -22,6 +22,7 @@ from tlbench.backbone import (
     unfreeze_top,
     weights_kind,
 )
+from tlbench.backbone.derived import has_normalization
 from tlbench.errors import TlbenchError
 
 NAMES = sorted(NETWORKS)
@@ -49,6 +50,13 @@ def bases():
 
 
 EVERY = [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name for name in NAMES]
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_source_pretraining_decision_matches_the_network(bases, name):
+    """An entry refuses backbone.weights=source:<name> (`normalized` false) exactly when its
+    network has no normalisation layer."""
+    assert BACKBONES[name].normalized == has_normalization(bases[name])
 
 
 @pytest.mark.parametrize("name", EVERY)

@@ -38,7 +38,14 @@ def test_every_registry_entry_has_its_packaged_yaml():
     list(itertools.product(list(registry.BACKBONES), group_options("strategy"))),
 )
 def test_every_backbone_and_strategy_composes(backbone, strategy):
-    if not registry.BACKBONES[backbone].trainable and registry.STRATEGIES[strategy].trains_base:
+    entry, kind = registry.BACKBONES[backbone], registry.STRATEGIES[strategy]
+    if entry.has_weights and not entry.normalized and kind.pretrained:  # the default source:
+        with pytest.raises(TlbenchError, match="backbone.weights='source:digits04' is invalid: "
+                                               f"expected null, imagenet or a weights file for "
+                                               f"{backbone}: it has no normalisation layers"):
+            parse_config(compose_config([f"backbone={backbone}", f"strategy={strategy}"]))
+        return
+    if not entry.trainable and kind.trains_base:
         with pytest.raises(TlbenchError, match=f"backbone='{backbone}' is invalid: expected "
                                                "strategy="):
             parse_config(compose_config([f"backbone={backbone}", f"strategy={strategy}"]))

@@ -229,7 +229,14 @@ class RunConfig:
     seed: int
 
     def __post_init__(self) -> None:
-        registry.STRATEGIES[self.strategy.name].validate(self)
+        strategy = registry.STRATEGIES[self.strategy.name]
+        strategy.validate(self)
+        weights = self.backbone.weights or ""
+        if strategy.pretrained and weights.startswith(SOURCE_PREFIX):
+            check(self.backbone.entry().normalized, "backbone.weights", weights,
+                  f"null, imagenet or a weights file for {self.backbone.name}: it has no "
+                  "normalisation layers and does not learn from random weights on a small "
+                  "source (its checkpoint stays at chance)")
 
 
 def typed(schema: type, section: object, key: str):

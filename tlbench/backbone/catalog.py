@@ -44,8 +44,11 @@ EFFICIENTNETV2_SIZES = {"B0": 224, "B1": 240, "B2": 260, "B3": 300, "S": 384, "M
 CONVNEXT_SIZES = ("Tiny", "Small", "Base", "Large", "XLarge")
 
 SPECS = [
-    keras_application("VGG16", "vgg", "vgg16", CAFFE, 224, KERAS_V1.format("vgg16")),
-    keras_application("VGG19", "vgg", "vgg19", CAFFE, 224, KERAS_V1.format("vgg19")),
+    # VGG has no normalisation layers: it does not learn from random weights at pretrain.lr.
+    keras_application("VGG16", "vgg", "vgg16", CAFFE, 224, KERAS_V1.format("vgg16"),
+                      normalized=False),
+    keras_application("VGG19", "vgg", "vgg19", CAFFE, 224, KERAS_V1.format("vgg19"),
+                      normalized=False),
     *[keras_application(f"ResNet{depth}", "resnet", "resnet50" if depth == 50 else "resnet",
                         CAFFE, 224, KERAS_V1.format(f"resnet{depth}"))
       for depth in (50, 101, 152)],

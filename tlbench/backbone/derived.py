@@ -104,4 +104,14 @@ def measured_spec(model, *, name: str, family: str, preprocess: tuple[Callable, 
         name=name, build=build, preprocess=function, preprocessed_range=(low, high),
         default_input_size=side or 224, min_input_size=side or FLEXIBLE_MIN_SIZE, family=family,
         preprocessing=described, stages=levels,
-        cut_at_one_tensor=one_tensor_cuts(model, stages, len(levels)), load_weights=load_weights)
+        cut_at_one_tensor=one_tensor_cuts(model, stages, len(levels)),
+        normalized=has_normalization(model), load_weights=load_weights)
+
+
+def has_normalization(model) -> bool:
+    """Whether any layer of the network (nested models included) normalises its activations."""
+    import keras
+
+    kinds = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
+             keras.layers.GroupNormalization)
+    return any(isinstance(layer, kinds) for layer in model._flatten_layers(include_self=False))

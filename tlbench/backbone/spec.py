@@ -28,8 +28,12 @@ class BackboneSpec:
     NASNet, whose cells take two). Capabilities: `has_weights` (pretrained weights can be loaded
     and its BatchNorm tuned), `trainable` (it has layers a strategy can train), `features`
     ("pooled": global average of the last feature map; "flat": the output flattened).
-    `load_weights(model, path)` loads a weights file where Keras' model.load_weights cannot (a
-    saved .keras model's own weights into its headless part); None: model.load_weights.
+    `normalized`: it has normalisation layers (BatchNorm, LayerNorm, GroupNorm), so it learns
+    from random weights at the pretraining settings (backbone.weights=source:<name>); VGG has none
+    and its source checkpoint stays at chance, so that is refused up front (a test checks the
+    flag against each network). `load_weights(model, path)` loads a weights file where Keras'
+    model.load_weights cannot (a saved .keras model's own weights into its headless part); None:
+    model.load_weights.
     """
 
     name: str
@@ -47,6 +51,7 @@ class BackboneSpec:
     features: str = "pooled"
     has_weights: bool = True
     trainable: bool = True
+    normalized: bool = True
     load_weights: Callable[[Any, Any], None] | None = None
 
     def imagenet_file(self, input_size: int) -> str:
