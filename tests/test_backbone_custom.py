@@ -42,6 +42,10 @@ def files(tmp_path_factory):
                       keras.layers.Dense(4)]).save(folder / "dense.keras")
     keras.Sequential([keras.Input((20,)), keras.layers.Dense(4)]).save(folder / "vector.keras")
     (folder / "junk.keras").write_text("not a model")
+    conv = tiny_classifier(side=32)
+    inner = keras.Model(conv.input, conv.get_layer("block2_relu").output, name="inner")
+    keras.Sequential([keras.Input((32, 32, 3)), inner, keras.layers.GlobalAveragePooling2D(),
+                      keras.layers.Dense(3)]).save(folder / "nested.keras")
     return folder
 
 
@@ -57,6 +61,13 @@ def test_keras_file_cuts_the_top_and_derives_stages(files):
     assert base.output.shape == (None, 4, 4, 32)  # pooling and Dense cut off
     assert entry.stages == (2, 4, 8) and entry.min_input_size == 32 and entry.cut_at_one_tensor
     assert entry.stages_in(base)["block2_conv"] == 3 and entry.stages_in(base)["block0_bn"] == 1
+
+
+def test_a_nested_base_is_the_backbone_itself(files):
+    """Sequential([a base model, pooling, Dense]): the base's own layers, so stages still work."""
+    entry = file_config(files, path="nested.keras").backbone.entry()
+    base = build_base(entry, 32, None, None)
+    assert entry.stages == (2, 4, 8) and base.get_layer("block1_conv").trainable
 
 
 def test_keras_file_weights_file_random_and_scratch(files):

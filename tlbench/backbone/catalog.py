@@ -71,9 +71,11 @@ SPECS = [
     *[keras_application(f"EfficientNetV2{variant}", "efficientnet_v2", None, INSIDE, size,
                         f"efficientnetv2-{variant.lower()}_notop.h5")
       for variant, size in EFFICIENTNETV2_SIZES.items()],
-    # ConvNeXt's stem patchifies 4x4 at once: no stride-2 stage, four stages.
+    # ConvNeXt's stem patchifies 4x4 at once: no stride-2 stage, four stages. The layer before
+    # a stage's first layer is not the one tensor feeding it (tried: tests/test_backbone.py).
     *[keras_application(f"ConvNeXt{size}", "convnext", None, INSIDE, 224,
-                        f"convnext_{size.lower()}_notop.h5", stages=(4, 8, 16, 32))
+                        f"convnext_{size.lower()}_notop.h5", stages=(4, 8, 16, 32),
+                        cut_at_one_tensor=False)
       for size in CONVNEXT_SIZES],
     keras_application("InceptionV3", "inception", "inception_v3", TF, 299,
                       KERAS_V1.format("inception_v3"), min_size=75),

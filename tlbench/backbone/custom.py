@@ -107,6 +107,8 @@ def headless(path: str, digest: str):
         raise TlbenchError(f"backbone.path={path}: no layer outputs a feature map (batch, "
                            "height, width, channels); a backbone needs convolutional layers.")
     top = maps[-1]
+    if isinstance(top, keras.Model) and len(maps) == 1:  # e.g. Sequential([a keras.applications
+        return top                                       # base, pooling, Dense]): the base itself
     if len(model.outputs) == 1 and top.output is model.outputs[0]:
         return model
     return keras.Model(model.inputs, top.output, name=model.name)
