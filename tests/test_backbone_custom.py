@@ -85,6 +85,16 @@ def test_keras_file_weights_file_random_and_scratch(files):
     assert effective_weights(scratch) is None
 
 
+def test_source_checkpoints_are_kept_per_model_file(files):
+    """Two .keras files are two networks: their source checkpoints never share a cache folder."""
+    from tlbench.pretrain import checkpoint_dir
+
+    tiny, nested = (file_config(files, "backbone.weights=source:digits04", path=path)
+                    for path in ("tiny.keras", "nested.keras"))
+    assert checkpoint_dir(tiny.backbone, "digits04", tiny.pretrain) != checkpoint_dir(
+        nested.backbone, "digits04", nested.pretrain)
+
+
 def test_fixed_input_side_is_the_minimum_and_the_only_size(files):
     config = file_config(files, "data.input_size=48", path="fixed48.keras")
     assert config.backbone.entry().min_input_size == 48

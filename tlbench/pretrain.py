@@ -92,7 +92,7 @@ def checkpoint_key(backbone: BackboneConfig, source: str, cfg: PretrainConfig) -
     settings.pop("cache_dir")
     settings.pop("min_val_accuracy")
     return {
-        "backbone": backbone.name,
+        "backbone": backbone.entry().name,  # a file's network: its name carries the file digest
         "input_size": backbone.input_size,
         "bn_momentum": backbone.bn_momentum,
         "source": source,

@@ -72,17 +72,20 @@ SPECS = [
                         f"efficientnetv2-{variant.lower()}_notop.h5")
       for variant, size in EFFICIENTNETV2_SIZES.items()],
     # ConvNeXt's stem patchifies 4x4 at once: no stride-2 stage, four stages. The layer before
-    # a stage's first layer is not the one tensor feeding it (tried: tests/test_backbone.py).
+    # a stage's first layer is not the one tensor feeding it either.
     *[keras_application(f"ConvNeXt{size}", "convnext", None, INSIDE, 224,
                         f"convnext_{size.lower()}_notop.h5", stages=(4, 8, 16, 32),
                         cut_at_one_tensor=False)
       for size in CONVNEXT_SIZES],
+    # Inception and Xception blocks run parallel branches: the layer before a stage's first layer
+    # is a branch, not the one tensor feeding the stage (tried: tests/test_backbone.py).
     keras_application("InceptionV3", "inception", "inception_v3", TF, 299,
-                      KERAS_V1.format("inception_v3"), min_size=75),
+                      KERAS_V1.format("inception_v3"), min_size=75, cut_at_one_tensor=False),
     keras_application("InceptionResNetV2", "inception", "inception_resnet_v2", TF, 299,
-                      KERAS_V1.format("inception_resnet_v2"), min_size=75),
+                      KERAS_V1.format("inception_resnet_v2"), min_size=75,
+                      cut_at_one_tensor=False),
     keras_application("Xception", "xception", "xception", TF, 299,
-                      KERAS_V1.format("xception"), min_size=71),
+                      KERAS_V1.format("xception"), min_size=71, cut_at_one_tensor=False),
     # NASNet's cells take the two previous cells' outputs: no single tensor separates stages.
     keras_application("NASNetMobile", "nasnet", "nasnet", TF, 224, "nasnet_mobile_no_top.h5",
                       cut_at_one_tensor=False),

@@ -78,8 +78,8 @@ def stage_route(run: RunConfig, entry, blocks: int | None, why_not: str) -> Rout
     if blocks == len(entry.stages):
         return Route("images", "every stage is unfrozen: nothing frozen to cache")
     if not entry.cut_at_one_tensor:
-        return Route("images", f"no single tensor separates {entry.name}'s stages (NASNet's "
-                               "cells take two inputs): nothing to cache at the cut")
+        return Route("images", f"no single tensor separates {entry.name}'s stages (parallel "
+                               "branches cross them): nothing to cache at the cut")
     return route
 
 
