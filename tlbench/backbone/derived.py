@@ -78,19 +78,32 @@ def fixed_side(model, key: str) -> int | None:
 
 
 def one_tensor_cuts(model, stages: dict[str, int], count: int) -> bool:
-    """Whether the network above every stage boundary is a model of one input tensor (the
-    activations partial_finetune caches at the cut)."""
-    import keras
-
+    """Whether the network above every stage boundary depends on the input only through the
+    output of the layer before the stage (the activations partial_finetune caches at the cut)."""
     layers = model.layers
     for first_stage in range(2, count + 1):
         first = next(i for i, layer in enumerate(layers)
                      if stages.get(layer.name, 0) >= first_stage)
-        try:
-            keras.Model(layers[first - 1].output, model.output)
-        except Exception:  # Keras: the top needs tensors other than the cut's
+        if _bypassed(layers[first - 1].output, model.outputs):
             return False
     return True
+
+
+def _bypassed(cut, outputs) -> bool:
+    """Whether some path from the outputs back to the input avoids the `cut` tensor (walked
+    through Keras' graph history; nothing is built)."""
+    seen, stack = set(), list(outputs)
+    while stack:
+        tensor = stack.pop()
+        if tensor is cut or id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        operation, node_index, _ = tensor._keras_history
+        inputs = operation._inbound_nodes[node_index].input_tensors
+        if not inputs:  # the network's input, reached around the cut
+            return True
+        stack.extend(inputs)
+    return False
 
 
 def measured_spec(model, *, name: str, family: str, preprocess: tuple[Callable, tuple, str],
