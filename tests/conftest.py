@@ -66,7 +66,5 @@ def build_run(config: RunConfig):
 
 
 def prepared_entry(config: RunConfig):
-    """The registry entry of the config's backbone."""
-    from tlbench import registry
-
-    return registry.BACKBONES[config.backbone.name]
+    """The entry of the config's backbone."""
+    return config.backbone.entry()

@@ -22,6 +22,7 @@ from tlbench.backbone import (
     unfreeze_top,
     weights_kind,
 )
+from tlbench.backbone.derived import has_normalization, one_tensor_cuts
 from tlbench.errors import TlbenchError
 
 NAMES = sorted(NETWORKS)
@@ -49,6 +50,20 @@ def bases():
 
 
 EVERY = [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name for name in NAMES]
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_source_pretraining_decision_matches_the_network(bases, name):
+    """An entry refuses backbone.weights=source:<name> (`normalized` false) exactly when its
+    network has no normalisation layer."""
+    assert BACKBONES[name].normalized == has_normalization(bases[name])
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_one_tensor_cut_measured_on_the_network_matches_the_entry(bases, name):
+    """What derived entries (keras_file, kerashub) measure agrees with every registered entry."""
+    spec, base = BACKBONES[name], bases[name]
+    assert one_tensor_cuts(base, spec.stages_in(base), len(spec.stages)) == spec.cut_at_one_tensor
 
 
 @pytest.mark.parametrize("name", EVERY)

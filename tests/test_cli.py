@@ -25,13 +25,13 @@ TAGS = {"sweep_id", "config_hash", "tlbench_version", "git_commit", "tensorflow_
 
 
 def tlbench(*args: str, cwd: Path, uri: str | None = None, python: str = sys.executable,
-            **extra_env: str):
+            timeout: int = 600, **extra_env: str):
     """Run `python -m tlbench ARGS` as a user would, capturing its output."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | extra_env
     if uri:
         env["MLFLOW_TRACKING_URI"] = uri
     return subprocess.run([python, "-m", "tlbench", *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=600)
+                          capture_output=True, timeout=timeout)
 
 
 def runs_of(uri: str, name: str = "tlbench"):

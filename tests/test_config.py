@@ -27,7 +27,7 @@ def group_options(group: str) -> list[str]:
 
 def test_every_registry_entry_has_its_packaged_yaml():
     """A backbone, strategy, head or data source is one registry entry plus one YAML."""
-    assert group_options("backbone") == list(registry.BACKBONES)
+    assert group_options("backbone") == sorted([*registry.BACKBONES, *registry.FILE_BACKBONES])
     assert group_options("head") == list(registry.HEADS)
     assert group_options("strategy") == list(registry.STRATEGIES)
     assert set(registry.SOURCES) <= set(group_options("data"))
@@ -35,10 +35,17 @@ def test_every_registry_entry_has_its_packaged_yaml():
 
 @pytest.mark.parametrize(
     ("backbone", "strategy"),
-    list(itertools.product(group_options("backbone"), group_options("strategy"))),
+    list(itertools.product(list(registry.BACKBONES), group_options("strategy"))),
 )
 def test_every_backbone_and_strategy_composes(backbone, strategy):
-    if not registry.BACKBONES[backbone].trainable and registry.STRATEGIES[strategy].trains_base:
+    entry, kind = registry.BACKBONES[backbone], registry.STRATEGIES[strategy]
+    if entry.has_weights and not entry.normalized and kind.pretrained:  # the default source:
+        with pytest.raises(TlbenchError, match="backbone.weights='source:digits04' is invalid: "
+                                               f"expected null, imagenet or a weights file for "
+                                               f"{backbone}: it has no normalisation layers"):
+            parse_config(compose_config([f"backbone={backbone}", f"strategy={strategy}"]))
+        return
+    if not entry.trainable and kind.trains_base:
         with pytest.raises(TlbenchError, match=f"backbone='{backbone}' is invalid: expected "
                                                "strategy="):
             parse_config(compose_config([f"backbone={backbone}", f"strategy={strategy}"]))

@@ -68,11 +68,11 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
     threads = config.trainer.threads or sweep.worker_threads()
     runtime.cap_threads_before_start(threads)
     import_keras()
-    from tlbench import prepare, registry, strategy
+    from tlbench import prepare, strategy
     from tlbench.backbone import weights_kind
 
     adapt = strategy.for_run(config)
-    entry = registry.BACKBONES[config.backbone.name]
+    entry = config.backbone.entry()
     weights = adapt.weights(entry, config.backbone.weights)
     tags = job_tags(sweep_info) | track.environment_tags(config.trainer.precision) | {
         "weights.kind": weights_kind(weights), "inputs": adapt.route(config, entry).inputs}

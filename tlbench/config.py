@@ -30,15 +30,28 @@ OmegaConf.register_new_resolver(
 
 @dataclass(kw_only=True)
 class BackboneConfig:
-    """Which registered network, with which weights, at which input size."""
+    """Which registered network, with which weights, at which input size.
+
+    Networks read from a file (backbone=keras_file, kerashub) declare a subclass with their own
+    settings beside their loader (tlbench/backbone/), found through registry.FILE_BACKBONES."""
 
     name: str
     weights: str | None
     input_size: int | None
     bn_momentum: float | None
 
+    def entry(self):
+        """The run's backbone entry (BackboneSpec): the registered one; a subclass reads its
+        file. Every stage looks the entry up through here."""
+        return registry.BACKBONES[self.name]
+
+    def content_digest(self) -> str | None:
+        """A digest of the file the network is read from (None for a registered network): part
+        of the run's identity."""
+        return None
+
     def __post_init__(self) -> None:
-        entry = registry.BACKBONES[self.name]
+        entry = self.entry()
         if self.weights is not None and self.weights.startswith(SOURCE_PREFIX):
             source = self.weights.removeprefix(SOURCE_PREFIX)
             check(source in registry.PRETRAIN_SOURCES, "backbone.weights", self.weights,
@@ -216,7 +229,14 @@ class RunConfig:
     seed: int
 
     def __post_init__(self) -> None:
-        registry.STRATEGIES[self.strategy.name].validate(self)
+        strategy = registry.STRATEGIES[self.strategy.name]
+        strategy.validate(self)
+        weights = self.backbone.weights or ""
+        if strategy.pretrained and weights.startswith(SOURCE_PREFIX):
+            check(self.backbone.entry().normalized, "backbone.weights", weights,
+                  f"null, imagenet or a weights file for {self.backbone.name}: it has no "
+                  "normalisation layers and does not learn from random weights on a small "
+                  "source (its checkpoint stays at chance)")
 
 
 def typed(schema: type, section: object, key: str):
@@ -230,6 +250,13 @@ def typed(schema: type, section: object, key: str):
         raise TlbenchError(f"{where}: {message}") from None
 
 
+def backbone_schema(name: str) -> type[BackboneConfig]:
+    """The config class of a backbone: its own for a network read from a file."""
+    if name in registry.FILE_BACKBONES:
+        return registry.FILE_BACKBONES[name]
+    return BackboneConfig
+
+
 def parse_config(cfg: DictConfig | dict) -> RunConfig:
     """Turn Hydra's composed config into a validated RunConfig."""
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
@@ -239,7 +266,8 @@ def parse_config(cfg: DictConfig | dict) -> RunConfig:
     strategy = typed(strategy_class.Config, raw["strategy"], "strategy")
     strategy.head = typed(registry.HEADS[head.get("name")], head, "strategy.head")
     return RunConfig(
-        backbone=typed(BackboneConfig, raw["backbone"], "backbone"),
+        backbone=typed(backbone_schema(raw["backbone"].get("name")), raw["backbone"],
+                       "backbone"),
         strategy=strategy,
         data=typed(registry.SOURCES[raw["data"].get("name")].Config, raw["data"], "data"),
         trainer=typed(TrainerConfig, raw["trainer"], "trainer"),

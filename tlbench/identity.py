@@ -3,9 +3,9 @@
 A run's params are its effective config: what it ran with (backbone.weights as loaded: `null`
 for the scratch control and weightless backbones), minus where things are stored and keys that
 change nothing (trainer.verbose). Its config_hash adds the content behind path-valued settings
-(the data files of folder and npz sources, a weights file) and leaves out the pretraining
-settings where no source checkpoint is used, so a run is redone when its inputs change and not
-duplicated when a setting has no effect.
+(the data files of folder and npz sources, a weights file, a .keras model or KerasHub preset)
+and leaves out the pretraining settings where no source checkpoint is used, so a run is redone
+when its inputs change and not duplicated when a setting has no effect.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def effective_weights(config: RunConfig) -> str | None:
     """What the run's base starts from: backbone.weights, unless the strategy or the backbone
     takes none."""
     strategy = registry.STRATEGIES[config.strategy.name](config.strategy)
-    return strategy.weights(registry.BACKBONES[config.backbone.name], config.backbone.weights)
+    return strategy.weights(config.backbone.entry(), config.backbone.weights)
 
 
 def identity(config: RunConfig) -> dict:
@@ -44,11 +44,14 @@ def identity(config: RunConfig) -> dict:
 
 
 def content(config: RunConfig) -> dict[str, str | None]:
-    """Digests of what path-valued settings point at: the data and a weights file."""
+    """Digests of what path-valued settings point at: the data, a weights file and the file a
+    network is read from (backbone=keras_file, kerashub)."""
     weights = effective_weights(config)
     path = weights if weights_kind(weights) == "file" else None
-    return {"data": config.data.content_digest(),
-            "weights": sha256_of(path) if path and _is_file(path) else None}
+    digests = {"data": config.data.content_digest(),
+               "weights": sha256_of(path) if path and _is_file(path) else None}
+    network = config.backbone.content_digest()
+    return digests | ({"backbone": network} if network else {})  # registered ones: as before
 
 
 def _is_file(path: str) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tlbench import backbone, data, pretrain, registry
+from tlbench import backbone, data, pretrain
 from tlbench.backbone import BackboneSpec
 from tlbench.config import RunConfig
 from tlbench.errors import TlbenchError
@@ -49,7 +49,7 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
 
     from tlbench import train
 
-    entry = registry.BACKBONES[config.backbone.name]
+    entry = config.backbone.entry()
     train.configure_runtime(config.trainer, config.seed, threads)  # pools are fixed once, here
     start = time.perf_counter()
     source = data.load_source(config.data)

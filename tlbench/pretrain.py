@@ -23,7 +23,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from tlbench import __version__, paths, registry
-from tlbench.backbone import BACKBONES, BackboneSpec, build_base, preprocessed, sha256_of
+from tlbench.backbone import BackboneSpec, build_base, preprocessed, sha256_of
 from tlbench.config import (
     SOURCE_PREFIX,
     BackboneConfig,
@@ -92,7 +92,7 @@ def checkpoint_key(backbone: BackboneConfig, source: str, cfg: PretrainConfig) -
     settings.pop("cache_dir")
     settings.pop("min_val_accuracy")
     return {
-        "backbone": backbone.name,
+        "backbone": backbone.entry().name,  # a file's network: its name carries the file digest
         "input_size": backbone.input_size,
         "bn_momentum": backbone.bn_momentum,
         "source": source,
@@ -152,7 +152,7 @@ def _write_checkpoint(folder: Path, backbone: BackboneConfig, source: str, cfg: 
     """Train, then write weights and manifest via temporary files and os.replace."""
     folder.mkdir(exist_ok=True)
     start = time.perf_counter()
-    base, head, facts = pretrain(BACKBONES[backbone.name], backbone, source, cfg, trainer)
+    base, head, facts = pretrain(backbone.entry(), backbone, source, cfg, trainer)
     for model, name in ((base, WEIGHTS_FILE), (head, HEAD_FILE)):
         temporary = folder / f"tmp-{os.getpid()}.weights.h5"
         model.save_weights(temporary)

@@ -64,6 +64,10 @@ class Registry(Generic[T]):
 
 
 BACKBONES: Registry = Registry("backbone", "backbone", ("tlbench.backbone",))
+FILE_BACKBONES: Registry = Registry("backbone read from a file", "backbone",
+                                    ("tlbench.backbone",))
+"""backbone=keras_file and kerashub: their BackboneConfig subclasses, whose entry() reads the
+network from the file their settings name."""
 STRATEGIES: Registry = Registry("strategy", "strategy", ("tlbench.strategy",))
 HEADS: Registry = Registry("head", "head", ("tlbench.config",))
 SOURCES: Registry = Registry("data source", "data", ("tlbench.data",))

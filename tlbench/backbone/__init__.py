@@ -2,11 +2,13 @@
 ImageNet file, and stages derived from the network (output strides 2..32: stages 1..5).
 
 `spec` defines an entry, `catalog` registers them, `stages` derives stages from a built model,
-`loading` builds a base with its weights and unfreezes its top stages.
+`loading` builds a base with its weights and unfreezes its top stages. `custom` (your .keras
+model) and `hub` (a KerasHub preset) measure an entry on the network their file holds
+(`derived`): the run's entry is `config.backbone.entry()`.
 """
 
 from tlbench import registry
-from tlbench.backbone import catalog  # noqa: F401  (registers the entries)
+from tlbench.backbone import catalog, custom, hub  # noqa: F401  (register the entries)
 from tlbench.backbone.loading import (
     build_base,
     imagenet_path,

@@ -44,8 +44,11 @@ EFFICIENTNETV2_SIZES = {"B0": 224, "B1": 240, "B2": 260, "B3": 300, "S": 384, "M
 CONVNEXT_SIZES = ("Tiny", "Small", "Base", "Large", "XLarge")
 
 SPECS = [
-    keras_application("VGG16", "vgg", "vgg16", CAFFE, 224, KERAS_V1.format("vgg16")),
-    keras_application("VGG19", "vgg", "vgg19", CAFFE, 224, KERAS_V1.format("vgg19")),
+    # VGG has no normalisation layers: it does not learn from random weights at pretrain.lr.
+    keras_application("VGG16", "vgg", "vgg16", CAFFE, 224, KERAS_V1.format("vgg16"),
+                      normalized=False),
+    keras_application("VGG19", "vgg", "vgg19", CAFFE, 224, KERAS_V1.format("vgg19"),
+                      normalized=False),
     *[keras_application(f"ResNet{depth}", "resnet", "resnet50" if depth == 50 else "resnet",
                         CAFFE, 224, KERAS_V1.format(f"resnet{depth}"))
       for depth in (50, 101, 152)],
@@ -68,16 +71,21 @@ SPECS = [
     *[keras_application(f"EfficientNetV2{variant}", "efficientnet_v2", None, INSIDE, size,
                         f"efficientnetv2-{variant.lower()}_notop.h5")
       for variant, size in EFFICIENTNETV2_SIZES.items()],
-    # ConvNeXt's stem patchifies 4x4 at once: no stride-2 stage, four stages.
+    # ConvNeXt's stem patchifies 4x4 at once: no stride-2 stage, four stages. The layer before
+    # a stage's first layer is not the one tensor feeding it either.
     *[keras_application(f"ConvNeXt{size}", "convnext", None, INSIDE, 224,
-                        f"convnext_{size.lower()}_notop.h5", stages=(4, 8, 16, 32))
+                        f"convnext_{size.lower()}_notop.h5", stages=(4, 8, 16, 32),
+                        cut_at_one_tensor=False)
       for size in CONVNEXT_SIZES],
+    # Inception and Xception blocks run parallel branches: the layer before a stage's first layer
+    # is a branch, not the one tensor feeding the stage (tried: tests/test_backbone.py).
     keras_application("InceptionV3", "inception", "inception_v3", TF, 299,
-                      KERAS_V1.format("inception_v3"), min_size=75),
+                      KERAS_V1.format("inception_v3"), min_size=75, cut_at_one_tensor=False),
     keras_application("InceptionResNetV2", "inception", "inception_resnet_v2", TF, 299,
-                      KERAS_V1.format("inception_resnet_v2"), min_size=75),
+                      KERAS_V1.format("inception_resnet_v2"), min_size=75,
+                      cut_at_one_tensor=False),
     keras_application("Xception", "xception", "xception", TF, 299,
-                      KERAS_V1.format("xception"), min_size=71),
+                      KERAS_V1.format("xception"), min_size=71, cut_at_one_tensor=False),
     # NASNet's cells take the two previous cells' outputs: no single tensor separates stages.
     keras_application("NASNetMobile", "nasnet", "nasnet", TF, 224, "nasnet_mobile_no_top.h5",
                       cut_at_one_tensor=False),

@@ -92,7 +92,10 @@ def _load_weights_file(model, path: Path, spec: BackboneSpec) -> None:
         with warnings.catch_warnings():
             # Keras only warns when it skips layers it finds no weights for; that is a failed load.
             warnings.filterwarnings("error", message=".*(Skipping|freshly-initialized).*")
-            model.load_weights(str(path))
+            if spec.load_weights is not None:
+                spec.load_weights(model, path)
+            else:
+                model.load_weights(str(path))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TlbenchError(f"backbone.weights={path}: cannot load into headless {spec.name} "

@@ -28,6 +28,12 @@ class BackboneSpec:
     NASNet, whose cells take two). Capabilities: `has_weights` (pretrained weights can be loaded
     and its BatchNorm tuned), `trainable` (it has layers a strategy can train), `features`
     ("pooled": global average of the last feature map; "flat": the output flattened).
+    `normalized`: it has normalisation layers (BatchNorm, LayerNorm, GroupNorm), so it learns
+    from random weights at the pretraining settings (backbone.weights=source:<name>); VGG has none
+    and its source checkpoint stays at chance, so that is refused up front (a test checks the
+    flag against each network). `load_weights(model, path)` loads a weights file where Keras'
+    model.load_weights cannot (a saved .keras model's own weights into its headless part); None:
+    model.load_weights.
     """
 
     name: str
@@ -45,6 +51,8 @@ class BackboneSpec:
     features: str = "pooled"
     has_weights: bool = True
     trainable: bool = True
+    normalized: bool = True
+    load_weights: Callable[[Any, Any], None] | None = None
 
     def imagenet_file(self, input_size: int) -> str:
         """The headless ImageNet file Keras caches in $KERAS_HOME/models for this input size."""

@@ -60,7 +60,7 @@ class Strategy:
     def validate(cls, run: RunConfig) -> None:
         """Cross-field checks, run once when the config is parsed: a backbone without trainable
         layers, or a head fitted once on frozen features, needs a frozen-base strategy."""
-        entry, head = registry.BACKBONES[run.backbone.name], run.strategy.head
+        entry, head = run.backbone.entry(), run.strategy.head
         if entry.trainable and not head.frozen_features_only:
             return
         key, value = ("backbone", entry.name) if not entry.trainable else ("head", head.name)

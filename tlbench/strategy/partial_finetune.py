@@ -61,7 +61,7 @@ def check_phase_settings(config, epoch_keys: tuple[str, ...]) -> None:
 
 def check_stages(run: RunConfig, key: str, blocks: int | None) -> None:
     """A stage count, where set, that the backbone has."""
-    stages = len(registry.BACKBONES[run.backbone.name].stages)
+    stages = len(run.backbone.entry().stages)
     if blocks is not None:
         check(1 <= blocks <= stages, f"strategy.{key}", blocks,
               f"1 to {stages}: {run.backbone.name} has {stages} stages")
@@ -78,8 +78,8 @@ def stage_route(run: RunConfig, entry, blocks: int | None, why_not: str) -> Rout
     if blocks == len(entry.stages):
         return Route("images", "every stage is unfrozen: nothing frozen to cache")
     if not entry.cut_at_one_tensor:
-        return Route("images", f"{entry.name}'s cells take two inputs: no single tensor to "
-                               "cache at the cut")
+        return Route("images", f"no single tensor separates {entry.name}'s stages (parallel "
+                               "branches cross them): nothing to cache at the cut")
     return route
 
 
