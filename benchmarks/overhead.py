@@ -195,10 +195,11 @@ def grid_floor(work: Path, store: Path) -> tuple[float, float]:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import tensorflow, keras"], check=True)
     start_s += time.perf_counter() - started
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
-    runs = mlflow.search_runs(experiment_names=["overhead"], output_format="list",
-                              tracking_uri=f"sqlite:///{store}")
+    client = MlflowClient(f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("overhead").experiment_id],
+                              max_results=1000)
     work_s = sum(r.data.metrics["feature_seconds"] * (r.data.metrics["frozen_rows_computed"] > 0)
                  + r.data.metrics["steady_epoch_seconds"] * r.data.metrics["epochs_run"]
                  for r in runs)

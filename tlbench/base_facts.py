@@ -47,8 +47,8 @@ def record_key(spec: BackboneSpec, input_size: int, origin: str, precision: str)
     from tlbench.backbone import loading
 
     code = hashlib.sha256()
-    for module in {sys.modules[spec.build.__module__], loading}:
-        code.update(Path(module.__file__).read_bytes())
+    for path in sorted({sys.modules[spec.build.__module__].__file__, loading.__file__}):
+        code.update(Path(path).read_bytes())
     name = runtime.backend()
     return {"format": FORMAT, "backbone": spec.name, "code": code.hexdigest(),
             "input_size": input_size, "origin": origin, "precision": precision,

@@ -69,6 +69,7 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
     from tlbench import train
 
     entry = registry.BACKBONES[config.backbone.name]
+    keras.backend.clear_session(free_memory=False)  # Keras' state of earlier runs: garbage now
     train.configure_runtime(config.trainer, config.seed, threads)  # pools are fixed once, here
     start = time.perf_counter()
     source = data.load_source(config.data)
@@ -84,7 +85,7 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
         checkpoint = pretrain.source_checkpoint(config.backbone, config.pretrain, config.trainer)
         weights = str(checkpoint.weights_path)
     start = time.perf_counter()
-    keras.backend.clear_session(free_memory=False)  # configure_runtime collected garbage
+    keras.backend.clear_session(free_memory=False)  # after pretraining; garbage collected above
     keras.mixed_precision.set_dtype_policy(config.trainer.precision)  # clear_session reset it
 
     def build():
