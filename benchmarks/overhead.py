@@ -12,7 +12,8 @@ weights (backbone.weights=null), 10 epochs, no early stopping, each with its own
 2. Per-run breakdown of the N-run sweep (its last N - 1 runs, cached): the stage functions are
    wrapped with timers in the child process: resume check (store check + finished_run), set-up
    (prepare.prepare), features (features.frozen_datasets), head (strategy train minus features,
-   fit and evaluation: building and adapting the head), fit (train.fit), evaluation
+   fit and evaluation: the base's recorded facts, building and adapting the head; a base built
+   there, on a miss of those records, would count too), fit (train.fit), evaluation
    (train.evaluate), logging (tracked_run start/end, log_prepared, log_result, the confusion
    matrix) and other (the rest of `run`: tags, strategy object).
 3. Grids (`--grid`): the same jobs with the cache on (starting empty) and with cache.enabled=false
