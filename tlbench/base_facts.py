@@ -56,22 +56,23 @@ def record_key(spec: BackboneSpec, input_size: int, origin: str, precision: str)
             "backend_version": runtime.backend_version(name)}
 
 
-def measured(base, input_size: int) -> BaseFacts:
-    """The facts of a built base."""
+def measured(base, input_size: int, digest: bool = True) -> BaseFacts:
+    """The facts of a built base (the weights digest left empty unless `digest`)."""
     from tlbench.backbone.cost import multiply_adds
     from tlbench.features import weights_digest
     from tlbench.train import model_summary
 
-    return BaseFacts(weights_digest(base), base.dtype_policy.name, base.count_params(),
-                     multiply_adds(base, input_size), model_summary(base))
+    return BaseFacts(weights_digest(base) if digest else "", base.dtype_policy.name,
+                     base.count_params(), multiply_adds(base, input_size), model_summary(base))
 
 
 def base_facts(build: Callable[[], Any], spec: BackboneSpec, input_size: int, origin: str,
                precision: str, root: Path | None) -> BaseFacts:
     """The base's facts from its record under `root`, else measured on the base `build()`
-    returns and recorded there (root None: the cache is off, nothing is recorded)."""
+    returns and recorded there (root None: the cache is off, nothing is recorded and no
+    digest computed)."""
     if root is None:
-        return measured(build(), input_size)
+        return measured(build(), input_size, digest=False)
     key = record_key(spec, input_size, origin, precision)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = root / "bases" / f"{spec.name}-{input_size}px-{digest}.json"
