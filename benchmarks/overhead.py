@@ -200,7 +200,7 @@ def grid_floor(work: Path, store: Path) -> tuple[float, float]:
 
     client = MlflowClient(f"sqlite:///{store}")
     runs = client.search_runs([client.get_experiment_by_name("overhead").experiment_id],
-                              max_results=1000)
+                              "tags.config_hash != ''", max_results=1000)  # not the parent
     work_s = sum(r.data.metrics["feature_seconds"] * (r.data.metrics["frozen_rows_computed"] > 0)
                  + r.data.metrics["steady_epoch_seconds"] * r.data.metrics["epochs_run"]
                  for r in runs)
