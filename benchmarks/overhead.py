@@ -12,7 +12,8 @@ weights (backbone.weights=null), 10 epochs, no early stopping, each with its own
 2. Per-run breakdown of the N-run sweep (its last N - 1 runs, cached): the stage functions are
    wrapped with timers in the child process: resume check (store check + finished_run), set-up
    (prepare.prepare), features (features.frozen_datasets), head (strategy train minus features,
-   fit and evaluation: building and adapting the head), fit (train.fit), evaluation
+   fit and evaluation: the base's recorded facts, building and adapting the head; a base built
+   there, on a miss of those records, would count too), fit (train.fit), evaluation
    (train.evaluate), logging (tracked_run start/end, log_prepared, log_result, the confusion
    matrix) and other (the rest of `run`: tags, strategy object).
 3. Grids (`--grid`): the same jobs with the cache on (starting empty) and with cache.enabled=false
@@ -195,10 +196,11 @@ def grid_floor(work: Path, store: Path) -> tuple[float, float]:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import tensorflow, keras"], check=True)
     start_s += time.perf_counter() - started
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
-    runs = mlflow.search_runs(experiment_names=["overhead"], output_format="list",
-                              tracking_uri=f"sqlite:///{store}")
+    client = MlflowClient(f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("overhead").experiment_id],
+                              "tags.config_hash != ''", max_results=1000)  # not the parent
     work_s = sum(r.data.metrics["feature_seconds"] * (r.data.metrics["frozen_rows_computed"] > 0)
                  + r.data.metrics["steady_epoch_seconds"] * r.data.metrics["epochs_run"]
                  for r in runs)

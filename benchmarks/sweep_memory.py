@@ -35,7 +35,8 @@ def main() -> None:
         wall = time.perf_counter() - start
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("tlbench").experiment_id
-        runs = sorted(client.search_runs([experiment]), key=lambda run: run.info.start_time)
+        runs = sorted(client.search_runs([experiment], "tags.config_hash != ''"),  # the jobs
+                      key=lambda run: run.info.start_time)
     peaks = [run.data.metrics["process_peak_rss_mb"] for run in runs]
     for index, (run, peak) in enumerate(zip(runs, peaks, strict=True), start=1):
         print(f"{index:2d} {run.info.run_name:40s} peak RSS {peak:7.0f} MiB")

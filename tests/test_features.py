@@ -223,27 +223,42 @@ def test_feature_cost_does_not_depend_on_which_run_filled_the_cache(tiny_config,
     assert first["feature_seconds"] > second["feature_seconds"]
 
 
-def test_a_cached_run_trains_as_a_cold_run_whatever_ran_before_it(tiny_config, tmp_path):
-    """A sequential sweep's fast path (cache hit, one garbage collection per run, other runs
-    traced before it in the process) trains exactly what a cold run trains: same base, same
-    epochs' losses, same predictions."""
-    from tlbench import strategy
-    from tlbench.features import weights_digest
+def test_a_cached_run_trains_as_a_cold_run_without_building_the_base(tiny_config, tmp_path,
+                                                                     monkeypatch):
+    """A sequential sweep's fast path (cache hit, the base's facts read from its record so the
+    base is never built, the head compiled by an earlier run reused) trains exactly what a cold
+    run (base built, head compiled afresh) trains: same epochs' losses, final head weights,
+    predictions, parameter counts, multiply-adds and summary."""
+    from tlbench import base_facts, strategy, train
     from tlbench.prepare import prepare
+
+    monkeypatch.setattr(train, "COMPILED", {})  # the cold run compiles its own head
 
     def run(*overrides: str):
         config = tiny_config("backbone=mobilenetv2", "data.train_size=10", "trainer.epochs=2",
                              f"cache.dir={tmp_path}", *overrides)
         prepared = prepare(config, None, None)
-        digest = weights_digest(prepared.base)
-        return digest, strategy.for_run(config).train(prepared)
+        result = strategy.for_run(config).train(prepared)
+        (head,) = train.COMPILED.values()
+        return prepared, result, [v.numpy() for v in head.variables], head.train_function
 
-    cold_digest, cold = run()
-    run("seed=1", "trainer.lr=0.01")  # another base and head traced in between
-    warm_digest, warm = run()
+    cold_prepared, cold, cold_head, traced = run()
+    run("seed=1", "trainer.lr=0.01")  # another base and head in between, on the same compiled head
+    warm_prepared, warm, warm_head, traced_again = run()
+    assert cold_prepared._base is not None and warm_prepared._base is None  # never built
+    assert traced_again is traced  # trained on the functions the cold run traced
     assert cold.metrics["frozen_rows_computed"] > 0 and warm.metrics["frozen_rows_computed"] == 0
-    assert warm_digest == cold_digest
     assert warm.history == cold.history
-    for key in ("train_accuracy", "val_accuracy", "test_accuracy", "params_total"):
+    for cold_value, warm_value in zip(cold_head, warm_head, strict=True):
+        np.testing.assert_array_equal(warm_value, cold_value)
+    for key in ("train_accuracy", "val_accuracy", "test_accuracy", "params_total",
+                "params_trainable", "flops"):
         assert warm.metrics[key] == cold.metrics[key], key
     np.testing.assert_array_equal(warm.confusion, cold.confusion)
+    assert warm.summary == cold.summary and "mobilenetv2" in warm.summary
+    recorded = dataclasses.replace(base_facts.measured(cold_prepared.base, 32), summary="")
+    built_now = base_facts.measured(warm_prepared.base, 32)  # the record is sound:
+    assert dataclasses.replace(built_now, summary="") == recorded  # (summaries: other names)
+    head = 2 * 1280 + 1280 * 5 + 5  # standardisation statistics, softmax layer
+    assert warm.metrics["params_total"] == recorded.params + head
+    assert warm.metrics["params_trainable"] == 1280 * 5 + 5

@@ -81,7 +81,7 @@ def test_augmentation_runs_before_the_base_and_turns_the_caches_off(tiny_config)
     np.testing.assert_allclose(plan.model(x, training=False), plan.model(x, training=False))
 
 
-def photo_crops(root, per_class: int = 40, size: int = 64) -> None:
+def photo_crops(root, per_class: int = 80, size: int = 64) -> None:
     """Two classes of crops from scikit-learn's sample photos (china, flower), as PNG files."""
     from PIL import Image
     from sklearn.datasets import load_sample_images

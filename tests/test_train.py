@@ -67,3 +67,38 @@ def test_runs_release_the_graphs_earlier_runs_traced(tiny_config):
     keras.backend.clear_session()
     configure_runtime(tiny_config().trainer, seed=0, threads=None)
     assert leftovers() == 0
+
+
+def test_a_reused_head_at_many_steps_per_call_trains_as_a_fresh_one(tiny_config, monkeypatch):
+    """A head plan (reuse_key set: 64 batches per call, the compiled model of an earlier run
+    reused) gives the same epochs, weights and predictions as a fresh model stepping one batch
+    per call."""
+    import numpy as np
+
+    from tlbench import train
+    from tlbench.data import Dataset
+    from tlbench.plan import Phase, Plan, keep
+    from tlbench.strategy.base import head_layers
+
+    config = tiny_config("trainer.epochs=3", "strategy.head.units=16", "strategy.head.dropout=0.3")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(150, 8)).astype(np.float32), rng.integers(0, 3, 150)
+    data = Dataset(x[:100], y[:100], x[100:], y[100:], x[100:], y[100:], ("a", "b", "c"))
+    monkeypatch.setattr(train, "COMPILED", {})
+
+    def trained(reuse_key, lr):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), head_layers(3, config.strategy.head)])
+        plan = Plan(model, [Phase("head", 3, lr, keep, inputs="features")], inputs="features",
+                    reuse_key=reuse_key)
+        result = train_and_evaluate(plan, {"features": data}, config.trainer, 0)
+        return result, [v.numpy() for v in plan.model.variables], plan.model
+
+    fresh, fresh_weights, _ = trained(None, 0.01)
+    _, _, compiled = trained(("toy",), 0.05)  # compiled at 64 steps per call, at another rate
+    reused, reused_weights, model = trained(("toy",), 0.01)
+    assert model is compiled and compiled.steps_per_execution == 64
+    assert reused.history == fresh.history
+    for a, b in zip(fresh_weights, reused_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(reused.confusion, fresh.confusion)

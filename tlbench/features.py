@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from filelock import FileLock
@@ -30,6 +31,9 @@ from tlbench.backbone import BackboneSpec, preprocess
 from tlbench.config import CacheConfig
 from tlbench.data import Dataset, LabelledImages, Splits, resize
 from tlbench.errors import TlbenchError
+
+if TYPE_CHECKING:
+    from tlbench.base_facts import BaseFacts
 
 log = logging.getLogger("tlbench")
 
@@ -243,16 +247,29 @@ class Frozen:
 
 def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Splits,
                     input_size: int, taps: list[str], root: Path | None, batch_size: int,
-                    fill_limit: int = 0) -> list[Frozen]:
+                    fill_limit: int = 0, facts: BaseFacts | None = None) -> list[Frozen]:
     """Each tap's outputs for this run's train, val and test images, from the cache if there.
 
-    The weights digest and the data fingerprint are computed once for all taps, and only when
-    there is a cache to key. On a miss, a source of at most `fill_limit` images (and FILL_BYTES of
-    rows) is filled whole: one forward pass then serves every size and seed of a sweep. Larger
-    ones are filled on demand.
+    `base` is the frozen network, or a function that builds it, called only when rows must be
+    computed: with `facts` (its recorded weights digest and precision, which key the cache), a
+    run whose rows are all cached never builds it. The data fingerprint (and the weights digest
+    without `facts`) is computed once for all taps, and only when there is a cache to key. On a
+    miss, a source of at most `fill_limit` images (and FILL_BYTES of rows) is filled whole: one
+    forward pass then serves every size and seed of a sweep. Larger ones are filled on demand.
     """
     start = time.perf_counter()
-    identity = None if root is None else (weights_digest(base), source.fingerprint())
+    built = {} if getattr(base, "weights", None) is None else {"base": base}
+
+    def model(tap: str):
+        if tap not in built:
+            built[tap] = extractor(model_base(built, base), spec, tap)
+        return built[tap]
+
+    identity = None
+    if root is not None:
+        identity = (facts.weights_sha256, source.fingerprint(), facts.precision) if facts else \
+            (weights_digest(model_base(built, base)), source.fingerprint(),
+             model_base(built, base).dtype_policy.name)
     positions = np.unique(np.concatenate([splits.train, splits.val, splits.test]))
     n_rows = len(source.labels)
 
@@ -261,16 +278,16 @@ def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Sp
 
     results = []
     for tap in taps:
-        key = None if identity is None else entry_key(spec, *identity, input_size, tap,
-                                                      base.dtype_policy.name)
+        key = None if identity is None else entry_key(spec, identity[0], identity[1], input_size,
+                                                      tap, identity[2])
         folder = None if key is None else entry_dir(root, key)
-        model = extractor(base, spec, tap)
-        whole = n_rows <= fill_limit and \
-            n_rows * 4 * np.prod(model.output.shape[1:]) <= FILL_BYTES
+        whole = n_rows <= fill_limit and (covers(folder, positions, n_rows) or
+                                          n_rows * 4 * np.prod(model(tap).output.shape[1:])
+                                          <= FILL_BYTES)
         rows, computed, waited = cached_rows(
             folder, key, positions, n_rows,
-            lambda missing, model=model: forward(model, spec, source, missing, input_size,
-                                                 batch_size),
+            lambda missing, tap=tap: forward(model(tap), spec, source, missing, input_size,
+                                             batch_size),
             fill=np.arange(n_rows) if whole else None)
         data = Dataset(take(rows, splits.train), source.labels[splits.train],
                        take(rows, splits.val), source.labels[splits.val],
@@ -285,9 +302,24 @@ def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Sp
     return results
 
 
+def model_base(built: dict, base):
+    """The base network, built now if `base` is its builder."""
+    if "base" not in built:
+        built["base"] = base()
+    return built["base"]
+
+
+def covers(folder: Path | None, positions: np.ndarray, n_rows: int) -> bool:
+    """Whether the cache entry holds every row at `positions` (read without its lock: a hint)."""
+    if folder is None or not (folder / "done.npy").is_file():
+        return False
+    done, layout = _entry_state(folder, n_rows)
+    return layout is not None and bool(done[positions].all())
+
+
 def frozen_dataset(base, spec: BackboneSpec, source: LabelledImages, splits: Splits,
                    input_size: int, tap: str, root: Path | None, batch_size: int,
-                   fill_limit: int = 0) -> Frozen:
+                   fill_limit: int = 0, facts: BaseFacts | None = None) -> Frozen:
     """One tap's outputs (see frozen_datasets)."""
     return frozen_datasets(base, spec, source, splits, input_size, [tap], root, batch_size,
-                           fill_limit)[0]
+                           fill_limit, facts)[0]

@@ -27,13 +27,18 @@ class Phase:
 class Plan:
     """A model ready to train in phases, evaluated at the end on the arrays named by `inputs`.
 
-    `full_model` is the whole network (base and head) whose parameters the run reports.
+    `full_model` is the whole network (base and head) whose parameters the run reports; without
+    one, `model`'s plus `frozen_params` (a frozen base's, known without building it).
+    `reuse_key` names the architecture of a one-phase plan's model: a model compiled earlier in
+    the process under the same key may train in its place (tlbench.train.fit).
     """
 
     model: Any
     phases: list[Phase]
     inputs: str = "images"
     full_model: Any = None
+    frozen_params: int = 0
+    reuse_key: tuple | None = None
 
 
 def keep() -> None:

@@ -1,14 +1,17 @@
 """Prepare stage, shared by runs, `rank` and the tests: everything before training.
 
 runtime (threads, seeds, determinism) -> source checkpoint (trained once, cached) -> data source
--> splits -> base network with its weights -> weights digest.
+-> splits -> weights digest -> base network with its weights, built when first used (a cached run
+that reads only the base's frozen outputs never builds it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,19 +30,35 @@ class Prepared:
 
     `weights` is what the base was loaded from (a source checkpoint's file for source:<name>),
     `weights_sha256` its digest; `source_overlap` how many val/test images the source
-    checkpoint trained on (None without one); `setup_seconds` covers data and base, not
-    pretraining."""
+    checkpoint trained on (None without one); `setup_seconds` covers data and base (when
+    built), not pretraining. `base` is built on first use, from the same seed whenever that is."""
 
     config: RunConfig
     entry: BackboneSpec
     source: data.LabelledImages
     splits: data.Splits
-    base: Any
+    build: Callable[[], Any]
     weights: str | None
     weights_sha256: str | None
     checkpoint: pretrain.Checkpoint | None
     source_overlap: int | None
     setup_seconds: float
+    _base: Any = field(default=None, repr=False)
+
+    @property
+    def base(self):
+        """The base network with its weights, built (and timed as set-up) on first use."""
+        if self._base is None:
+            start = time.perf_counter()
+            self._base = self.build()
+            self.setup_seconds += time.perf_counter() - start
+        return self._base
+
+    @property
+    def origin(self) -> str:
+        """What decides the base's weights: their file's digest, or the seed of a random
+        initialisation."""
+        return self.weights_sha256 or f"random init, seed {self.config.seed}"
 
 
 def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prepared:
@@ -50,6 +69,7 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
     from tlbench import train
 
     entry = config.backbone.entry()
+    keras.backend.clear_session(free_memory=False)  # Keras' state of earlier runs: garbage now
     train.configure_runtime(config.trainer, config.seed, threads)  # pools are fixed once, here
     start = time.perf_counter()
     source = data.load_source(config.data)
@@ -65,15 +85,30 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
         checkpoint = pretrain.source_checkpoint(config.backbone, config.pretrain, config.trainer)
         weights = str(checkpoint.weights_path)
     start = time.perf_counter()
-    keras.backend.clear_session(free_memory=False)  # configure_runtime collected garbage
-    keras.utils.set_random_seed(config.seed)  # the same initialisation whatever ran before
+    keras.backend.clear_session(free_memory=False)  # after pretraining; garbage collected above
     keras.mixed_precision.set_dtype_policy(config.trainer.precision)  # clear_session reset it
-    base = backbone.build_base(entry, config.backbone.input_size, weights,
-                               config.backbone.bn_momentum)
-    sha256 = checkpoint.manifest["weights_sha256"] if checkpoint else \
+
+    def build():
+        keras.utils.set_random_seed(config.seed)  # the same initialisation whatever ran before
+        return backbone.build_base(entry, config.backbone.input_size, weights,
+                                   config.backbone.bn_momentum)
+
+    prepared = Prepared(config, entry, source, splits, build, weights, None, checkpoint, overlap,
+                        0.0)
+    if not weights_on_disk(entry, config.backbone.input_size, weights):
+        prepared.base  # noqa: B018 - built now: it downloads them or says what to do
+    prepared.weights_sha256 = checkpoint.manifest["weights_sha256"] if checkpoint else \
         backbone.weights_sha256(entry, config.backbone.input_size, weights)
-    return Prepared(config, entry, source, splits, base, weights, sha256, checkpoint, overlap,
-                    data_seconds + time.perf_counter() - start)
+    prepared.setup_seconds = data_seconds + time.perf_counter() - start  # a build included
+    return prepared
+
+
+def weights_on_disk(entry: BackboneSpec, input_size: int, weights: str | None) -> bool:
+    """Whether the weights need no file or their file is there (ImageNet: in Keras' cache)."""
+    if weights is None:
+        return True
+    path = backbone.imagenet_path(entry, input_size) if weights == "imagenet" else weights
+    return Path(path).is_file()
 
 
 def refuse_source_overlap(config: RunConfig, source: data.LabelledImages,

@@ -21,6 +21,7 @@ import numpy as np
 from tlbench import features, registry
 from tlbench.backbone import BackboneSpec, preprocessed
 from tlbench.backbone.cost import multiply_adds
+from tlbench.base_facts import BaseFacts, base_facts
 from tlbench.config import DenseHeadConfig, RunConfig, StrategyConfig, TrainerConfig
 from tlbench.data import materialise
 from tlbench.errors import check
@@ -85,35 +86,43 @@ class Strategy:
         """The whole model and its phases, trained on images."""
         raise NotImplementedError
 
-    def plan_on_frozen(self, base, entry: BackboneSpec, n_classes: int,
-                       inputs: dict[str, Dataset], trainer: TrainerConfig) -> Plan:
-        """The trainable part and its phases, trained on cached frozen outputs."""
+    def plan_on_frozen(self, prepared: Prepared, facts: BaseFacts,
+                       inputs: dict[str, Dataset]) -> Plan:
+        """The trainable part and its phases, trained on cached frozen outputs (`facts`: the
+        base's recorded facts; `prepared.base` builds the base if the plan needs it)."""
         raise NotImplementedError
 
-    def fit_frozen(self, base, entry: BackboneSpec, inputs: dict[str, Dataset],
-                   run: RunConfig) -> RunResult:
+    def fit_frozen(self, prepared: Prepared, facts: BaseFacts,
+                   inputs: dict[str, Dataset]) -> RunResult:
         """Fit and evaluate the plan on cached frozen outputs."""
         from tlbench import train
 
-        plan = self.plan_on_frozen(base, entry, inputs["features"].n_classes, inputs, run.trainer)
+        run = prepared.config
+        plan = self.plan_on_frozen(prepared, facts, inputs)
         standardize_head(plan, lambda: inputs["features"].x_train)
         self.log_phases(plan)
         result = train.train_and_evaluate(plan, inputs, run.trainer, run.seed)
-        result.summary = train.model_summary(plan.full_model)
+        result.summary = train.model_summary(plan.full_model) if plan.full_model is not None \
+            else f"{facts.summary}\nOn its cached outputs:\n{train.model_summary(plan.model)}"
         return result
 
     def train(self, prepared: Prepared) -> RunResult:
-        """Build the plan on the inputs the route picks, fit it, evaluate it."""
+        """Build the plan on the inputs the route picks, fit it, evaluate it. The head is
+        initialised from the run's seed, whether or not the base was built before it."""
+        import keras
+
         from tlbench import train
 
-        run, entry, base = prepared.config, prepared.entry, prepared.base
-        cost = {"flops": multiply_adds(base, run.backbone.input_size)}
+        run, entry = prepared.config, prepared.entry
         route = self.route(run, entry)
         log.info("backbone %s (weights=%s, %dpx); trains on %s: %s", entry.name,
                  prepared.weights, run.backbone.input_size, route.inputs, route.reason)
         if route.inputs == "images":
+            base = prepared.base
+            cost = {"flops": multiply_adds(base, run.backbone.input_size)}
             dataset = preprocessed(entry, materialise(prepared.source, prepared.splits,
                                                       run.backbone.input_size))
+            keras.utils.set_random_seed(run.seed)
             plan = self.plan(base, entry, dataset.n_classes, run.trainer)
             standardize_head(plan, lambda: features.extractor(base, entry, features.POOLED)
                              .predict(dataset.x_train, batch_size=run.trainer.batch_size,
@@ -123,14 +132,20 @@ class Strategy:
             result.summary = train.model_summary(plan.model)
             result.metrics |= cost
             return result
-        taps = [features.POOLED, *([self.cut(base, entry)] if route.inputs == "cut" else [])]
         root = features.cache_root(run.cache)
+        facts = base_facts(lambda: prepared.base, entry, run.backbone.input_size,
+                           prepared.origin, run.trainer.precision, root)
+        cost = {"flops": facts.flops}
+        taps = [features.POOLED,
+                *([self.cut(prepared.base, entry)] if route.inputs == "cut" else [])]
         frozen = features.frozen_datasets(
-            base, entry, prepared.source, prepared.splits, run.backbone.input_size, taps, root,
-            run.trainer.batch_size, run.cache.fill_limit)
+            lambda: prepared.base, entry, prepared.source, prepared.splits,
+            run.backbone.input_size, taps, root, run.trainer.batch_size, run.cache.fill_limit,
+            facts)
         inputs = {"features": frozen[0].data} | ({"cut": frozen[1].data} if len(frozen) > 1
                                                   else {})
-        result = self.fit_frozen(base, entry, inputs, run)
+        keras.utils.set_random_seed(run.seed)
+        result = self.fit_frozen(prepared, facts, inputs)
         computed = sum(tap.computed for tap in frozen)
         if frozen[0].computed and frozen[0].cost:  # measured when the pooled rows were computed
             used = np.unique(np.concatenate(dataclasses.astuple(prepared.splits)))

@@ -53,29 +53,30 @@ class FeatureExtraction(Strategy):
                           augment=trainer.augment)
         return Plan(model, [Phase("head", trainer.epochs, trainer.lr, freeze(base))])
 
-    def plan_on_frozen(self, base, entry, n_classes, inputs, trainer) -> Plan:
-        """The head alone on cached pooled features; the same head layers sit on the base in
-        the full model whose parameters are reported."""
+    def plan_on_frozen(self, prepared, facts, inputs) -> Plan:
+        """The head alone on cached pooled features, the frozen base's parameters counted from
+        its recorded facts (the base is not built); a head compiled earlier in the process for
+        the same shapes and settings may train in its place."""
         import keras
 
-        classifier = head_layers(n_classes, self.config.head)
-        n_features = inputs["features"].x_train.shape[1]
-        head = keras.Sequential([keras.Input(shape=(n_features,)), classifier])
-        base.trainable = False
-        full = with_head(base, n_classes, self.config.head, base_training=False,
-                         classifier=classifier, flat=entry.features == "flat")
+        trainer, data = prepared.config.trainer, inputs["features"]
+        n_features = data.x_train.shape[1]
+        head = keras.Sequential([keras.Input(shape=(n_features,)),
+                                 head_layers(data.n_classes, self.config.head)],
+                                name="head_on_features")
         return Plan(head, [Phase("head", trainer.epochs, trainer.lr, keep, inputs="features")],
-                    inputs="features", full_model=full)
+                    inputs="features", frozen_params=facts.params,
+                    reuse_key=(n_features, data.n_classes, repr(self.config.head),
+                               trainer.precision))
 
-    def fit_frozen(self, base, entry, inputs, run):
+    def fit_frozen(self, prepared, facts, inputs):
         """A Keras head through the trainer, or the linear probe (head=logreg)."""
         from tlbench import train
 
         head = self.config.head
         if not head.frozen_features_only:
-            return super().fit_frozen(base, entry, inputs, run)
+            return super().fit_frozen(prepared, facts, inputs)
         log.info("strategy %s: logistic regression over C in %s", self.name, head.c_grid)
-        result = train.train_logreg(inputs["features"], head, base.count_params(), run.seed)
-        result.summary = train.model_summary(base)
+        result = train.train_logreg(inputs["features"], head, facts.params, prepared.config.seed)
+        result.summary = facts.summary
         return result
-

@@ -63,8 +63,10 @@ class Lora(Strategy):
                           augment=trainer.augment)
         return Plan(model, [Phase("lora", trainer.epochs, trainer.lr, action)])
 
-    def plan_on_frozen(self, base, entry, n_classes, inputs, trainer) -> Plan:
+    def plan_on_frozen(self, prepared, facts, inputs) -> Plan:
         """LoRA on the top stages, trained with the head on the cached cut activations."""
+        base, entry, trainer = prepared.base, prepared.entry, prepared.config.trainer
+        n_classes = inputs["features"].n_classes
         action = self.adapt(base, entry)
         classifier = head_layers(n_classes, self.config.head)
         full = with_head(base, n_classes, self.config.head, base_training=False,

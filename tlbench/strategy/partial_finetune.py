@@ -180,8 +180,10 @@ class PartialFinetune(Strategy):
                            freeze(base))
         return Plan(model, self.phases(base, entry, trainer, head_phase))
 
-    def plan_on_frozen(self, base, entry, n_classes, inputs, trainer) -> Plan:
+    def plan_on_frozen(self, prepared, facts, inputs) -> Plan:
         """The head on pooled features, then the top stages and head on the cut activations."""
+        base, entry, trainer = prepared.base, prepared.entry, prepared.config.trainer
+        n_classes = inputs["features"].n_classes
         classifier = head_layers(n_classes, self.config.head)
         full = with_head(base, n_classes, self.config.head, base_training=False,
                          classifier=classifier)
