@@ -1,9 +1,13 @@
 """backbone=keras_file: your saved .keras model as a backbone (tlbench/backbone/custom.py): the
-entry measured on the network, its weights, preprocessing, identity, bad input, the real CLI."""
+entry measured on the network, its weights, preprocessing, identity, bad input, custom layers
+(backbone.imports), the real CLI."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -12,7 +16,7 @@ import pytest
 from tlbench.backbone import build_base
 from tlbench.config import parse_config
 from tlbench.errors import TlbenchError
-from tlbench.identity import config_hash, effective_weights
+from tlbench.identity import config_hash, effective_weights, identity
 
 from .conftest import TINY, compose_config
 from .test_cli import assert_one_line_error, runs_of, tlbench
@@ -126,6 +130,9 @@ def test_config_hash_follows_the_file_content(files, tmp_path):
     assert config_hash(file_config(tmp_path, path="model.keras")) == first
     tiny_classifier(seed=1).save(path)
     assert config_hash(file_config(tmp_path, path="model.keras")) != first
+    imported = file_config(tmp_path, "backbone.imports=[json]", path="model.keras")
+    assert config_hash(imported) == config_hash(file_config(tmp_path, path="model.keras"))
+    assert "imports" not in identity(imported)["backbone"]  # the file is the network
 
 
 @pytest.mark.parametrize(("path", "message"), [
@@ -173,3 +180,116 @@ def test_keras_file_runs_through_the_cli(files, tmp_path):
     bad = tlbench("backbone=keras_file", f"backbone.path={files / 'junk.keras'}", cwd=tmp_path,
                   uri=uri)
     assert_one_line_error(bad, "junk.keras: not a saved Keras model")
+
+
+LAYERS = "tlbench_test_layers"
+LAYERS_SOURCE = textwrap.dedent('''
+    import keras
+
+
+    @keras.saving.register_keras_serializable(package="tlbench_test")
+    class Scale(keras.layers.Layer):
+        def __init__(self, factor=0.5, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, x):
+            return x * self.factor
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+
+    class Shift(keras.layers.Layer):  # not registered: Keras saves it by its class name
+        def call(self, x):
+            return x + 1.0
+    ''')
+
+
+@pytest.fixture(scope="module")
+def custom(tmp_path_factory):
+    """A folder with a module of custom layers (one registered, one not) and custom.keras, a
+    conv classifier (strides 2, 4) using both."""
+    folder = tmp_path_factory.mktemp("custom")
+    (folder / f"{LAYERS}.py").write_text(LAYERS_SOURCE)
+    spec = importlib.util.spec_from_file_location(LAYERS, folder / f"{LAYERS}.py")
+    layers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layers)  # not in sys.modules: backbone.imports must import it
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    x = layers.Scale(name="scale")(keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs))
+    x = layers.Shift(name="shift")(keras.layers.Conv2D(8, 3, strides=2, padding="same")(x))
+    x = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, x).save(folder / "custom.keras")
+    return folder
+
+
+def test_imports_load_custom_layers_from_the_current_directory(custom, monkeypatch):
+    """Registered and unregistered classes, from the folder the command runs in (a console
+    script has no current directory on sys.path), with the file's weights and random ones."""
+    monkeypatch.chdir(custom)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(custom))])
+    config = file_config(custom, f"backbone.imports=[{LAYERS}]", "backbone.weights=file",
+                         path="custom.keras")
+    entry = config.backbone.entry()
+    base = build_base(entry, 32, config.backbone.weights, None)
+    assert [type(layer).__name__ for layer in base.layers[-2:]] == ["Conv2D", "Shift"]
+    assert base.get_layer("scale").factor == 0.5 and entry.stages == (2, 4)
+    saved = keras.saving.load_model(custom / "custom.keras").get_weights()[:4]
+    assert all(np.array_equal(a, b) for a, b in zip(saved, base.get_weights(), strict=True))
+    assert build_base(entry, 32, None, None).get_layer("shift").built  # random init: a clone
+
+
+def test_a_class_keras_cannot_find_is_one_line_naming_it(tmp_path):
+    class NotImported(keras.layers.Layer):
+        def call(self, x):
+            return x
+
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, NotImported()(keras.layers.Conv2D(4, 3)(inputs))).save(
+        tmp_path / "missing.keras")
+    with pytest.raises(TlbenchError, match=re.escape(
+            "missing.keras: Keras cannot find the class 'NotImported' that the model uses; "
+            f"pass backbone.imports=[{__name__}] (the Python module that defines it")):
+        file_config(tmp_path, path="missing.keras")
+
+
+@pytest.mark.parametrize(("imports", "message"), [
+    ("[no_such_module_here]", "backbone.imports: no module 'no_such_module_here' in the current "
+                              "directory ("),
+    ("[broken_layers]", "backbone.imports: importing 'broken_layers' failed "
+                        "(ModuleNotFoundError: No module named 'no_such_dependency'); python -c "
+                        "'import broken_layers' shows the traceback."),
+    ("[my_layers.py]", "backbone.imports='my_layers.py' is invalid: expected a Python module name"),
+    ("my_layers", "backbone.imports='my_layers' is invalid: expected a list, e.g. "
+                  "backbone.imports=[my_layers]."),
+])
+def test_bad_imports_are_one_line(files, tmp_path, monkeypatch, imports, message):
+    (tmp_path / "broken_layers.py").write_text("import no_such_dependency\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(TlbenchError, match=re.escape(message)):
+        file_config(files, f"backbone.imports={imports}")
+
+
+def test_custom_layers_run_through_the_cli(custom, tmp_path):
+    """The user's command, run from the folder with their module and model."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench("data=digits59", "data.train_size=5", "trainer.epochs=1",
+                     "trainer.patience=null", "backbone=keras_file", "backbone.path=custom.keras",
+                     f"backbone.imports=[{LAYERS}]", "backbone.weights=file", cwd=custom, uri=uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [run] = runs_of(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["weights.kind"] == "file"
+    assert f"backbone.imports=[{LAYERS}]" in run.data.tags["command"]
+    assert "backbone.imports" not in run.data.params
+
+
+def test_custom_layers_without_their_import_are_one_line(custom, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench("backbone=keras_file", f"backbone.path={custom / 'custom.keras'}",
+                     "backbone.weights=file", cwd=tmp_path, uri=uri)
+    assert_one_line_error(result, "Keras cannot find the class 'Scale' that the model uses; "
+                                  f"pass backbone.imports=[{LAYERS}]")
+    assert result.stderr.strip().splitlines()[-1].startswith("tlbench: error: backbone.path=")
+    assert runs_of(uri) == []

@@ -247,6 +247,9 @@ def typed(schema: type, section: object, key: str):
     except OmegaConfBaseException as exc:
         where = f"{key}.{exc.full_key}" if getattr(exc, "full_key", None) else key
         message = str(exc).splitlines()[0]
+        if "is not a ListConfig" in message:  # key=value where a list is expected
+            raise TlbenchError(f"{where}={getattr(exc, 'value', None)!r} is invalid: expected a "
+                               f"list, e.g. {where}=[{getattr(exc, 'value', '...')}].") from None
         raise TlbenchError(f"{where}: {message}") from None
 
 

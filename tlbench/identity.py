@@ -2,10 +2,11 @@
 
 A run's params are its effective config: what it ran with (backbone.weights as loaded: `null`
 for the scratch control and weightless backbones), minus where things are stored and keys that
-change nothing (trainer.verbose). Its config_hash adds the content behind path-valued settings
-(the data files of folder and npz sources, a weights file, a .keras model or KerasHub preset)
-and leaves out the pretraining settings where no source checkpoint is used, so a run is redone
-when its inputs change and not duplicated when a setting has no effect.
+change nothing (trainer.verbose; keras_file's backbone.imports, where its classes are found).
+Its config_hash adds the content behind path-valued settings (the data files of folder and npz
+sources, a weights file, a .keras model or KerasHub preset) and leaves out the pretraining
+settings where no source checkpoint is used, so a run is redone when its inputs change and not
+duplicated when a setting has no effect.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def identity(config: RunConfig) -> dict:
         values.pop(key)
     values["pretrain"].pop("cache_dir")
     values["trainer"].pop("verbose")
+    values["backbone"].pop("imports", None)  # keras_file: where its classes are, not the network
     values["backbone"]["weights"] = effective_weights(config)
     values["keras_backend"] = runtime.backend()
     return values

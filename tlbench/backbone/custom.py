@@ -4,12 +4,18 @@ The saved model is loaded once per file content; a classifier top, if present, i
 its last layer with a feature map (the layer before global pooling or Flatten). Its entry is
 measured on the network (tlbench/backbone/derived.py). backbone.weights: `file` (the weights
 saved in the model), null (its architecture, randomly initialised), a weights file of the headless
-part, or source:<name> (pretrained from random initialisation).
+part, or source:<name> (pretrained from random initialisation). A model with custom layers loads
+once backbone.imports names the Python modules that define them.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
+import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,19 +23,23 @@ from tlbench import registry
 from tlbench.backbone.derived import MODES, fixed_side, measured_spec, preprocessing
 from tlbench.backbone.spec import BackboneSpec
 from tlbench.config import BackboneConfig
-from tlbench.errors import TlbenchError, check, check_choice
+from tlbench.errors import TlbenchError, check, check_choice, one_line
 from tlbench.paths import sha256_of
 
 OWN_WEIGHTS = "file"
+MISSING_CLASS = re.compile(r"Could not locate (?:class|function) '([^']+)'")
+"""Keras' TypeError (nested in its message when inside a model) for a class it cannot find."""
+SAVED_MODULE = re.compile(r"Full object config: \{'module': '([^']+)'")
 
 
 @registry.FILE_BACKBONES.entry("keras_file")
 @dataclass(kw_only=True)
 class KerasFileConfig(BackboneConfig):
-    """A saved Keras image model; `preprocess` maps [0, 255] into what it was trained on (a
-    preprocess_input mode, none, or `scale`: x * scale + offset)."""
+    """A saved Keras image model; `imports`: modules defining its custom layers; `preprocess`
+    maps [0, 255] into what it was trained on (a preprocess_input mode, none, or `scale`)."""
 
     path: str | None
+    imports: list[str]
     preprocess: str
     scale: float
     offset: float
@@ -37,6 +47,7 @@ class KerasFileConfig(BackboneConfig):
     def __post_init__(self) -> None:
         check(self.path is not None, "backbone.path", self.path,
               "the path of a saved Keras model (model.save('name.keras'))")
+        import_modules(self.imports)
         check_choice("backbone.preprocess", self.preprocess, [*MODES, "scale"])
         check(self.weights != "imagenet", "backbone.weights", self.weights,
               f"{OWN_WEIGHTS} (the model's own weights), null (random initialisation), a weights "
@@ -65,6 +76,50 @@ class KerasFileConfig(BackboneConfig):
         return self.source()[1]
 
 
+def import_modules(names: list[str]) -> None:
+    """Import each module (from the current directory or PYTHONPATH), so that its registered
+    Keras classes are known, and make its unregistered ones known by their class name."""
+    from tlbench.quiet import import_keras
+
+    if not names:
+        return
+    import_keras()
+    import keras
+
+    if os.getcwd() not in sys.path and "" not in sys.path:  # a console script, not python -m
+        sys.path.append(os.getcwd())
+    for name in names:
+        check(not name.endswith(".py") and all(part.isidentifier() for part in name.split(".")),
+              "backbone.imports", name, "a Python module name such as my_layers (for "
+              "my_layers.py, not its path), importable from the current directory or PYTHONPATH")
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:
+            raise import_error(name, exc) from None
+        keras.saving.get_custom_objects().update(unregistered_classes(module))
+
+
+def import_error(name: str, exc: Exception) -> TlbenchError:
+    """One line for a module in backbone.imports that cannot be imported."""
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if missing and (name == missing or name.startswith(f"{missing}.")):
+        return TlbenchError(f"backbone.imports: no module {name!r} in the current directory "
+                            f"({os.getcwd()}) or on PYTHONPATH; run from the folder that holds "
+                            f"{name.replace('.', '/')}.py or add it to PYTHONPATH.")
+    return TlbenchError(f"backbone.imports: importing {name!r} failed ({type(exc).__name__}: "
+                        f"{one_line(exc)[:200]}); python -c 'import {name}' shows the traceback.")
+
+
+def unregistered_classes(module) -> dict[str, type]:
+    """The Keras-serialisable classes (with get_config) the module defines without
+    register_keras_serializable, by name: how Keras saved them."""
+    import keras
+
+    return {cls.__name__: cls for _, cls in inspect.getmembers(module, inspect.isclass)
+            if cls.__module__ == module.__name__ and hasattr(cls, "get_config")
+            and keras.saving.get_registered_name(cls) == cls.__name__}
+
+
 @functools.lru_cache(maxsize=8)
 def file_entry(path: str, digest: str, mode: str, scale: float, offset: float) -> BackboneSpec:
     """The entry for the model saved at `path` (whose content has `digest`)."""
@@ -85,13 +140,28 @@ def loaded(path: str, digest: str):
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise TlbenchError(f"backbone.path={path}: not a saved Keras model ({first}); save one "
-                           "with model.save('name.keras').") from None
+        raise load_error(path, exc) from None
     if not isinstance(model, keras.Model):
         raise TlbenchError(f"backbone.path={path}: holds a {type(model).__name__}, not a Keras "
                            "model.")
     return model
+
+
+def load_error(path: str, exc: Exception) -> TlbenchError:
+    """One line for a file Keras cannot load: a class it cannot find (named, with the module it
+    was saved from), else not a Keras model."""
+    text = str(exc)
+    missing = MISSING_CLASS.search(text) if isinstance(exc, TypeError) else None
+    if missing:
+        saved = SAVED_MODULE.search(text, missing.end())
+        module = saved[1] if saved and saved[1] != "__main__" else "your_module"
+        return TlbenchError(f"backbone.path={path}: Keras cannot find the class {missing[1]!r} "
+                            f"that the model uses; pass backbone.imports=[{module}] (the Python "
+                            "module that defines it, importable from the current directory or "
+                            "PYTHONPATH).")
+    first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    return TlbenchError(f"backbone.path={path}: not a saved Keras model ({first}); save one with "
+                        "model.save('name.keras').")
 
 
 def headless(path: str, digest: str):
