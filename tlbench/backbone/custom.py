@@ -30,6 +30,7 @@ OWN_WEIGHTS = "file"
 MISSING_CLASS = re.compile(r"Could not locate (?:class|function) '([^']+)'")
 """Keras' TypeError (nested in its message when inside a model) for a class it cannot find."""
 SAVED_MODULE = re.compile(r"Full object config: \{'module': '([^']+)'")
+"""The module that class was saved from, in the config Keras quotes after it."""
 
 
 @registry.FILE_BACKBONES.entry("keras_file")
