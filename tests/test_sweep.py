@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tlbench.config import parse_config
 from tlbench.server import serve
-from tlbench.sweep import eta_seconds, grid_size, summary, sweep_id_of
+from tlbench.sweep import eta_seconds, grid_size, register_sweeps, summary, sweep_id_of
 
+from .conftest import compose_config
 from .test_cli import runs_of, tlbench
 
 VGG_TINY = ["backbone=vgg16", "backbone.weights=null", "trainer.epochs=1", "trainer.patience=null"]
@@ -51,16 +53,33 @@ def test_summary_lists_failures(tmp_path):
         "  FAILED b: boom"]
 
 
-@pytest.mark.parametrize("name", ["quick", "default", "literature", "floor", "tuned", "strategies"])
+JOBS = {"quick": 6, "default": 72, "literature": 54, "floor": 27, "tuned": 27, "strategies": 24}
+
+
+@pytest.mark.parametrize("name", ["quick", "strategies"])
 def test_packaged_sweeps_dry_run(tmp_path, name):
     result = tlbench("-m", f"+sweep={name}", "dry_run=true", cwd=tmp_path,
                      uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert result.returncode == 0, result.stderr[-2000:]
-    expected = {"quick": 6, "default": 72, "literature": 54, "floor": 27, "tuned": 27,
-                "strategies": 24}[name]
-    assert f"dry run: {expected} to run, 0 to skip" in result.stdout
-    assert f"[{expected}/{expected}]" in result.stdout
+    assert f"dry run: {JOBS[name]} to run, 0 to skip" in result.stdout
+    assert f"[{JOBS[name]}/{JOBS[name]}]" in result.stdout
     assert runs_of(f"sqlite:///{tmp_path}/mlflow.db") == []
+
+
+@pytest.mark.parametrize("name", ["default", "literature", "floor", "tuned"])
+def test_packaged_sweep_grid_and_every_value_validate(name):
+    """The larger grids without their dry runs (0.3-0.6 s of Hydra composition a job): the job
+    count from the sweep's own params, and every swept value composes and validates."""
+    from hydra import compose, initialize_config_module
+
+    register_sweeps()  # as `python -m tlbench` does
+    with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
+        swept = compose(config_name="config", overrides=[f"+sweep={name}"],
+                        return_hydra_config=True).hydra.sweeper.params
+    assert grid_size([f"{key}={values}" for key, values in swept.items()]) == JOBS[name]
+    for key, values in swept.items():
+        for value in str(values).split(","):
+            parse_config(compose_config([f"+sweep={name}", f"{key}={value}"]))
 
 
 def test_failed_job_is_recorded_and_the_sweep_continues(tmp_path):
