@@ -159,9 +159,11 @@ def test_concurrent_workers_train_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_digits04_pretraining_is_good(tmp_path):
-    """The shipped pretrain settings give a strong source model (inference-mode val accuracy)."""
-    config = parse_config(compose_config([f"pretrain.cache_dir={tmp_path}"]))
+def test_default_digits04_pretraining_is_good():
+    """The shipped pretrain settings give a strong source model (inference-mode val accuracy).
+    Trained into the session's cache (tests/conftest.py), or read from it where an earlier test
+    (tests/test_features.py, tests/test_rank.py) needed the same checkpoint."""
+    config = parse_config(compose_config([]))
     checkpoint = source_checkpoint(config.backbone, config.pretrain, config.trainer)
     print("source val accuracy", checkpoint.manifest["source_val_accuracy"],
           "seconds", round(checkpoint.pretrain_seconds))

@@ -124,9 +124,9 @@ def test_sweep_reuses_the_features_and_the_report_joins_the_scores(ranked):
 
 def test_leep_and_nce_read_the_source_checkpoint_head(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    overrides = ["backbone=mobilenetv2", "backbone.weights=source:digits04", "pretrain.epochs=1",
-                 "pretrain.min_val_accuracy=0", f"pretrain.cache_dir={tmp_path}/pretrained",
-                 "data.train_size=5", f"cache.dir={tmp_path}/features", f"tracking.uri={uri}"]
+    # The default source checkpoint, in the session's cache (shared with test_features.py)
+    overrides = ["backbone=mobilenetv2", "backbone.weights=source:digits04", "data.train_size=5",
+                 f"cache.dir={tmp_path}/features", f"tracking.uri={uri}"]
     assert rank.main(overrides) == 0
     assert re.search(r"leep\s+mobilenetv2 \(source:digits04\)\n", capsys.readouterr().out)
     (run,) = runs_of(uri)
