@@ -136,7 +136,7 @@ CONCURRENT = """
     from tlbench.config import BackboneConfig, PretrainConfig, TrainerConfig, group_config
     from tlbench.pretrain import ensure_checkpoint
     checkpoint = ensure_checkpoint(
-        group_config("backbone", "mobilenetv2", BackboneConfig, input_size=32), "digits04",
+        group_config("backbone", "mobilenet", BackboneConfig, input_size=32), "digits04",
         group_config("pretrain", "default", PretrainConfig, epochs=1, seed=7,
                      cache_dir=sys.argv[1]),
         group_config("trainer", "default", TrainerConfig))
@@ -155,7 +155,7 @@ def test_concurrent_workers_train_once(tmp_path):
                if line.startswith("cache_hit")]
     assert sorted(hit for _, hit, _ in results) == ["False", "True"]
     assert len({sha for _, _, sha in results}) == 1
-    assert sum(err.count("pretraining mobilenetv2") for _, err in outputs) == 1
+    assert sum(err.count("pretraining mobilenet ") for _, err in outputs) == 1
 
 
 @pytest.mark.slow

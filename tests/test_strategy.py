@@ -47,7 +47,7 @@ def batchnorm_statistics(model) -> list[np.ndarray]:
 @pytest.mark.parametrize(("strategy", "frozen"), [
     ("feature_extraction", True), ("partial_finetune", True), ("full_retrain", False)])
 def test_batchnorm_statistics_move_only_when_the_base_trains(tiny_config, strategy, frozen):
-    dataset, plan = build_run(tiny_config("backbone=mobilenetv2", f"strategy={strategy}"))
+    dataset, plan = build_run(tiny_config("backbone=mobilenet", f"strategy={strategy}"))
     before = batchnorm_statistics(plan.model)
     fit(plan, {"images": dataset}, tiny_config().trainer, seed=0)
     after = batchnorm_statistics(plan.model)
