@@ -105,20 +105,21 @@ def test_every_run_has_artifacts_and_epoch_history(multirun):
 
 @pytest.fixture(scope="module")
 def source_multirun(tmp_path_factory):
-    """The default task (digits 5-9 from source:digits04), 1-epoch checkpoint, 3 strategies."""
+    """The default task (digits 5-9 from source:digits04), 1-epoch checkpoint, 3 strategies
+    (partial fine-tuning reuses the checkpoint as well as full retraining would, on the cut)."""
     workdir = tmp_path_factory.mktemp("source")
     uri = f"sqlite:///{workdir}/mlflow.db"
-    result = tlbench("-m", "strategy=feature_extraction,full_retrain,scratch", "data.train_size=5",
-                     "trainer.epochs=1", "trainer.patience=null", "pretrain.epochs=1",
-                     "pretrain.min_val_accuracy=0", f"pretrain.cache_dir={workdir}/cache",
-                     cwd=workdir, uri=uri)
+    result = tlbench("-m", "strategy=feature_extraction,partial_finetune,scratch",
+                     "data.train_size=5", "trainer.epochs=1", "trainer.patience=null",
+                     "pretrain.epochs=1", "pretrain.min_val_accuracy=0",
+                     f"pretrain.cache_dir={workdir}/cache", cwd=workdir, uri=uri)
     assert result.returncode == 0, result.stderr[-2000:]
     return {r.info.run_name.split("-")[1]: r for r in runs_of(uri)}, uri
 
 
 def test_source_weights_are_pretrained_once_and_logged(source_multirun):
     runs, uri = source_multirun
-    first, second = runs["feature_extraction"], runs["full_retrain"]
+    first, second = runs["feature_extraction"], runs["partial_finetune"]
     manifest_path = mlflow.artifacts.download_artifacts(
         run_id=first.info.run_id, artifact_path="source_manifest.json", tracking_uri=uri)
     manifest = json.loads(Path(manifest_path).read_text())
