@@ -156,7 +156,7 @@ def test_a_new_strategy_is_one_class_and_one_yaml(tmp_path):
     env = os.environ | {"MLFLOW_TRACKING_URI": uri}
     result = subprocess.run(
         [sys.executable, str(script), "strategy=two_head_phases", "backbone=vgg16",
-         "backbone.weights=null", "data.train_size=5", "trainer.epochs=1",
+         "backbone.weights=null", "data.classes=[5,6]", "data.train_size=5", "trainer.epochs=1",
          "trainer.patience=null", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -166,7 +166,7 @@ def test_a_new_strategy_is_one_class_and_one_yaml(tmp_path):
     assert run.data.params["strategy.second_lr_scale"] == "0.5"
     assert run.info.run_name == "vgg16-two_head_phases-n5-s0"
     assert run.data.tags["inputs"] == "images"
-    head_only = 512 * 5 + 5  # VGG16's 512 pooled features into 5 classes: the base stays frozen
+    head_only = 512 * 2 + 2  # VGG16's 512 pooled features into 2 classes: the base stays frozen
     assert run.data.metrics["params_trainable"] == head_only
     assert run.data.metrics["epochs_run"] == 2
     assert "phases head(1 ep, lr=0.001, on images), head_again(1 ep, lr=0.0005" in (

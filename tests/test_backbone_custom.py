@@ -159,11 +159,12 @@ def test_keras_file_settings_are_checked(files):
 
 def test_keras_file_runs_through_the_cli(files, tmp_path):
     """Feature extraction, partial fine-tuning and full retraining of your .keras model (its own
-    weights) through the real CLI; a bad file exits with one line."""
+    weights) through the real CLI. (A bad file through the CLI: the test of custom layers without
+    their import below; every bad file in process: test_bad_model_files_are_one_line.)"""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = tlbench("-m", "strategy=feature_extraction,partial_finetune,full_retrain",
-                     "data=digits59", "data.train_size=5", "trainer.epochs=1",
-                     "trainer.patience=null", "backbone=keras_file",
+                     "data=digits59", "data.classes=[5,6]", "data.train_size=5",
+                     "trainer.epochs=1", "trainer.patience=null", "backbone=keras_file",
                      f"backbone.path={files / 'tiny.keras'}", "backbone.weights=file",
                      cwd=tmp_path, uri=uri)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -177,9 +178,6 @@ def test_keras_file_runs_through_the_cli(files, tmp_path):
     assert run.data.params["backbone.path"] == str(files / "tiny.keras")
     assert run.data.params["backbone.preprocess"] == "none"
     assert run.data.tags["inputs"] == "cut" and run.data.tags["weights.kind"] == "file"
-    bad = tlbench("backbone=keras_file", f"backbone.path={files / 'junk.keras'}", cwd=tmp_path,
-                  uri=uri)
-    assert_one_line_error(bad, "junk.keras: not a saved Keras model")
 
 
 LAYERS = "tlbench_test_layers"
@@ -275,8 +273,9 @@ def test_bad_imports_are_one_line(files, tmp_path, monkeypatch, imports, message
 def test_custom_layers_run_through_the_cli(custom, tmp_path):
     """The user's command, run from the folder with their module and model."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = tlbench("data=digits59", "data.train_size=5", "trainer.epochs=1",
-                     "trainer.patience=null", "backbone=keras_file", "backbone.path=custom.keras",
+    result = tlbench("data=digits59", "data.classes=[5,6]", "data.train_size=5",
+                     "trainer.epochs=1", "trainer.patience=null", "backbone=keras_file",
+                     "backbone.path=custom.keras",
                      f"backbone.imports=[{LAYERS}]", "backbone.weights=file", cwd=custom, uri=uri)
     assert result.returncode == 0, result.stderr[-2000:]
     [run] = runs_of(uri)
