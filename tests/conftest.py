@@ -18,14 +18,31 @@ TINY = ["data.input_size=32", "data.train_size=5", "trainer.epochs=1", "trainer.
 
 @pytest.fixture(scope="session", autouse=True)
 def private_checkpoint_cache(tmp_path_factory):
-    """Source checkpoints made by tests (and the CLIs they start) go to a temporary cache."""
+    """Source checkpoints made by tests (and the CLIs they start) go to a temporary cache, one
+    for the whole session: shared by pytest-xdist's workers (its lock trains each once)."""
     previous = os.environ.get("TLBENCH_CACHE")
-    os.environ["TLBENCH_CACHE"] = str(tmp_path_factory.mktemp("pretrained"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' basetemps share this session's root
+        shared = tmp_path_factory.getbasetemp().parent / "tlbench-cache"
+        shared.mkdir(exist_ok=True)
+        os.environ["TLBENCH_CACHE"] = str(shared)
+    else:
+        os.environ["TLBENCH_CACHE"] = str(tmp_path_factory.mktemp("pretrained"))
     yield
     if previous is None:
         os.environ.pop("TLBENCH_CACHE")
     else:
         os.environ["TLBENCH_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def restored_environment():
+    """What a test leaves in os.environ ends with it (a CLI's main run in-process sets MLflow's
+    retry count for the process), so no test depends on the ones run before it in a worker."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def compose_config(overrides: list[str]):
