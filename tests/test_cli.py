@@ -184,6 +184,16 @@ def test_unwritable_tracking_location(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("tlbench: error: tracking.uri=")
 
 
+@pytest.mark.parametrize("multirun", [[], ["-m", "data.train_size=2,3"]])
+def test_a_file_that_is_not_a_store_is_one_line_before_any_job(tmp_path, multirun):
+    (tmp_path / "mlflow.db").write_text("notes, not a database")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench(*multirun, "backbone=pixels", cwd=tmp_path, uri=uri)
+    assert_one_line_error(result, "is not a usable MLflow store (file is not a database)")
+    assert result.stderr.strip().splitlines()[-1].startswith("tlbench: error: tracking.uri=")
+    assert "Launching" not in result.stderr + result.stdout
+
+
 def test_unreachable_size_leaves_a_failed_run_with_the_reason(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = tlbench("backbone=vgg16", "backbone.weights=null", "data.train_size=500", cwd=tmp_path,

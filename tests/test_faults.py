@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tlbench.features import cached_rows
 from tlbench.server import exposure_warning
-from tlbench.store import ensure_experiment, redact
+from tlbench.store import check_tracking_store, ensure_experiment, redact
 from tlbench.sweep import eta_seconds, read_jobs, summary
 from tlbench.track import (
     STALE_SECONDS,
@@ -124,6 +124,7 @@ def test_a_full_disk_fails_with_one_line_and_leaves_the_entry_consistent(tmp_pat
 def test_sigterm_mid_run_ends_the_run_killed_and_the_summary_says_so(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    check_tracking_store(uri)  # the schema exists before this test's polling opens the store
     process = subprocess.Popen(
         [sys.executable, "-m", "tlbench", "-m", "strategy=full_retrain", "data=synthetic",
          "data.images_per_class=40", "data.n_classes=2", "trainer.epochs=500",

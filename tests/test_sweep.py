@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tlbench.config import parse_config
 from tlbench.server import serve
+from tlbench.store import check_tracking_store
 from tlbench.sweep import eta_seconds, grid_size, register_sweeps, summary, sweep_id_of
 
 from .conftest import compose_config
@@ -105,6 +106,7 @@ def test_sigkill_mid_sweep_then_rerun_gives_one_finished_run_per_config(tmp_path
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = ["-m", *VGG_TINY, "strategy=feature_extraction,scratch", "data.train_size=5,10"]
     env = os.environ | {"MLFLOW_TRACKING_URI": uri}
+    check_tracking_store(uri)  # the schema exists before this test's polling opens the store
     sweep = subprocess.Popen([sys.executable, "-m", "tlbench", *args], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -42,6 +44,27 @@ def test_unreachable_server_fails_in_seconds():
     with pytest.raises(TlbenchError, match="tracking server unreachable"):
         check_tracking_store(f"http://127.0.0.1:{port}")
     assert time.monotonic() - start < 10
+
+
+OPEN_STORE = """
+import sys
+from tlbench.store import check_tracking_store, ensure_experiment
+from mlflow.tracking import MlflowClient
+check_tracking_store(sys.argv[1])
+ensure_experiment(MlflowClient(sys.argv[1]), "shared")
+"""
+
+
+def test_processes_opening_a_new_sqlite_store_together_all_get_it_whole(tmp_path):
+    """Without the lock, MLflow's migrations race ('table _alembic_tmp_metrics already exists')
+    in most tries with two processes."""
+    for attempt in range(3):
+        uri = f"sqlite:///{tmp_path}/store{attempt}.db"
+        workers = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri],
+                                    stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        errors = [worker.communicate(timeout=120)[1] for worker in workers]
+        assert [worker.returncode for worker in workers] == [0, 0, 0], errors
+        assert MlflowClient(uri).get_experiment_by_name("shared") is not None
 
 
 def test_experiment_created_once_by_concurrent_workers(tmp_path):

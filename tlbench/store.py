@@ -5,6 +5,7 @@ Also `redact`, which keeps passwords in tracking URIs out of everything tlbench 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -40,11 +41,13 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 
 def check_tracking_store(uri: str, wait: float = 0.0) -> None:
-    """Fail in seconds, before any training, if the store cannot be written or reached; a
-    tracking server that does not answer is given `wait` seconds more (a sweep's job waits out
-    a server restart)."""
+    """Fail in seconds, before any training, if the store cannot be written or reached (a new
+    sqlite store gets its tables here, one process at a time); a tracking server that does not
+    answer is given `wait` seconds more (a sweep's job waits out a server restart)."""
     if uri.startswith("sqlite:///"):
-        _check_sqlite_location(Path(uri.removeprefix("sqlite:///")), uri)
+        path = Path(uri.removeprefix("sqlite:///"))
+        _check_sqlite_location(path, uri)
+        _create_sqlite_schema_once(path, uri)
     elif uri.startswith(("http://", "https://")):
         _check_server(uri, wait)
 
@@ -61,6 +64,24 @@ def _check_sqlite_location(path: Path, uri: str) -> None:
             f"tracking.uri={redact(uri)}: cannot write to {folder} ({exc.strerror}); pass "
             "tracking.uri=sqlite:////a/writable/dir/mlflow.db or set MLFLOW_TRACKING_URI."
         ) from None
+
+
+def _create_sqlite_schema_once(path: Path, uri: str) -> None:
+    """Open the store under a lock on its folder: MLflow's schema migrations race when two
+    processes open a new sqlite file together, and can leave it unusable."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        MlflowClient(uri).search_experiments(max_results=1)
+    except (MlflowException, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise TlbenchError(
+            f"tracking.uri={redact(uri)}: {path} is not a usable MLflow store ({reason}); move it "
+            "aside or pass tracking.uri=sqlite:////another/mlflow.db.") from None
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def _check_server(uri: str, wait: float) -> None:

@@ -27,6 +27,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from tlbench.errors import TlbenchError
+
 log = logging.getLogger("tlbench")
 
 JOBS_FILE = "tlbench_jobs.jsonl"
@@ -242,9 +244,12 @@ class SweepCallback(Callback):
     parent: tuple[str, str] | None = None  # (tracking URI, run id) while the parent is open
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        SweepCallback.folder = Path(config.hydra.sweep.dir).resolve()
         SweepCallback.started = time.monotonic()
-        prepare_store(config)
+        try:
+            prepare_store(config)
+        except TlbenchError as exc:  # Hydra would only warn and launch every job into it
+            raise SystemExit(f"tlbench: error: {exc}") from None
+        SweepCallback.folder = Path(config.hydra.sweep.dir).resolve()
         if not config.get("dry_run"):
             SweepCallback.parent = start_parent(config, SweepCallback.folder)
 
