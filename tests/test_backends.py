@@ -226,3 +226,35 @@ def test_resize_matches_tensorflow_bilinear():
     images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
     expected = np.clip(tf.image.resize(images.astype(np.float32), (32, 32)).numpy(), 0, 255)
     np.testing.assert_array_equal(resize(images, 32), expected)
+
+
+def test_seeding_sets_every_generator_as_keras_does_without_restarting_tensorflows_kernels():
+    """runtime.set_random_seed leaves Python, NumPy, Keras' generators, TensorFlow's global seed
+    and a seeded tf.data shuffle where keras.utils.set_random_seed does; it and
+    runtime.clear_session keep TensorFlow's kernel cache (a stateful kernel goes on instead of
+    restarting)."""
+    import random
+
+    import tensorflow as tf
+
+    def draws(seed_with):
+        seed_with(3)
+        shuffled = tf.data.Dataset.range(8).shuffle(8, seed=1)
+        return (random.random(), float(np.random.rand()), float(keras.random.uniform(())),
+                tf.compat.v1.random.get_seed(None), [int(v) for v in shuffled])
+
+    assert draws(runtime.set_random_seed) == draws(keras.utils.set_random_seed)
+
+    def stateful_twice(seed_with):
+        seed_with(0)
+        first = float(tf.random.uniform((), seed=5))
+        seed_with(0)
+        return first, float(tf.random.uniform((), seed=5))
+
+    restarted, kept = stateful_twice(keras.utils.set_random_seed), stateful_twice(
+        runtime.set_random_seed)
+    assert restarted[0] == restarted[1] and kept[0] != kept[1]
+    cleared = stateful_twice(lambda seed: (keras.backend.clear_session(),
+                                           runtime.set_random_seed(seed)))
+    kept = stateful_twice(lambda seed: (runtime.clear_session(), runtime.set_random_seed(seed)))
+    assert cleared[0] == cleared[1] and kept[0] != kept[1]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tlbench import backbone, data, pretrain
+from tlbench import backbone, data, pretrain, runtime
 from tlbench.backbone import BackboneSpec
 from tlbench.config import RunConfig
 from tlbench.errors import TlbenchError
@@ -69,7 +69,7 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
     from tlbench import train
 
     entry = config.backbone.entry()
-    keras.backend.clear_session(free_memory=False)  # Keras' state of earlier runs: garbage now
+    runtime.clear_session()  # Keras' state of earlier runs: garbage now
     train.configure_runtime(config.trainer, config.seed, threads)  # pools are fixed once, here
     start = time.perf_counter()
     source = data.load_source(config.data)
@@ -85,11 +85,11 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
         checkpoint = pretrain.source_checkpoint(config.backbone, config.pretrain, config.trainer)
         weights = str(checkpoint.weights_path)
     start = time.perf_counter()
-    keras.backend.clear_session(free_memory=False)  # after pretraining; garbage collected above
+    runtime.clear_session()  # after pretraining; garbage collected above
     keras.mixed_precision.set_dtype_policy(config.trainer.precision)  # clear_session reset it
 
     def build():
-        keras.utils.set_random_seed(config.seed)  # the same initialisation whatever ran before
+        runtime.set_random_seed(config.seed)  # the same initialisation whatever ran before
         return backbone.build_base(entry, config.backbone.input_size, weights,
                                    config.backbone.bn_momentum)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from tlbench import features, registry
+from tlbench import features, registry, runtime
 from tlbench.backbone import BackboneSpec, preprocessed
 from tlbench.backbone.cost import multiply_adds
 from tlbench.base_facts import BaseFacts, base_facts
@@ -109,8 +109,6 @@ class Strategy:
     def train(self, prepared: Prepared) -> RunResult:
         """Build the plan on the inputs the route picks, fit it, evaluate it. The head is
         initialised from the run's seed, whether or not the base was built before it."""
-        import keras
-
         from tlbench import train
 
         run, entry = prepared.config, prepared.entry
@@ -122,7 +120,7 @@ class Strategy:
             cost = {"flops": multiply_adds(base, run.backbone.input_size)}
             dataset = preprocessed(entry, materialise(prepared.source, prepared.splits,
                                                       run.backbone.input_size))
-            keras.utils.set_random_seed(run.seed)
+            runtime.set_random_seed(run.seed)
             plan = self.plan(base, entry, dataset.n_classes, run.trainer)
             standardize_head(plan, lambda: features.extractor(base, entry, features.POOLED)
                              .predict(dataset.x_train, batch_size=run.trainer.batch_size,
@@ -144,7 +142,7 @@ class Strategy:
             facts)
         inputs = {"features": frozen[0].data} | ({"cut": frozen[1].data} if len(frozen) > 1
                                                   else {})
-        keras.utils.set_random_seed(run.seed)
+        runtime.set_random_seed(run.seed)
         result = self.fit_frozen(prepared, facts, inputs)
         computed = sum(tap.computed for tap in frozen)
         if frozen[0].computed and frozen[0].cost:  # measured when the pooled rows were computed
