@@ -10,6 +10,7 @@ groups a sweep's runs under it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -94,9 +95,18 @@ def current_sweep() -> SweepInfo:
         return SweepInfo(sweep_id_of(overrides), Path(hc.runtime.output_dir), 0, 1)
     folder = Path(hc.sweep.dir).resolve()
     saved = folder / "multirun.yaml"
-    overrides = _sweep_overrides(OmegaConf.load(saved).hydra) if saved.is_file() else []
-    return SweepInfo(multirun_sweep_id(overrides, folder), folder, hc.job.num,
-                     grid_size(overrides) if overrides else None)
+    stamp = saved.stat().st_mtime_ns if saved.is_file() else None
+    sweep_id, total = saved_sweep(folder, stamp)
+    return SweepInfo(sweep_id, folder, hc.job.num, total)
+
+
+@functools.lru_cache(maxsize=4)
+def saved_sweep(folder: Path, stamp: int | None) -> tuple[str, int | None]:
+    """The sweep id and job count of the multirun.yaml in `folder` (as last modified at
+    `stamp`), read once per process, not once per job."""
+    overrides = _sweep_overrides(OmegaConf.load(folder / "multirun.yaml").hydra) \
+        if stamp is not None else []
+    return multirun_sweep_id(overrides, folder), grid_size(overrides) if overrides else None
 
 
 def worker_threads() -> int | None:
