@@ -283,6 +283,30 @@ def test_server_output_never_prints_the_password(tmp_path):
     assert f":{password}@" not in ready
 
 
+def test_sigterm_stops_the_server_with_its_mlflow_server(tmp_path):
+    """A `kill` (SIGTERM) of `tlbench server` stops the MLflow server it started: its port is
+    free again (before, the MLflow server outlived it, orphaned, holding the port)."""
+    import urllib.request
+
+    from .test_sweep import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tlbench", "server", "--port", str(port), "--backend-store-uri",
+         f"sqlite:///{tmp_path}/server.db", "--log-file", str(tmp_path / "server.log"),
+         "--artifacts", str(tmp_path / "artifacts")], cwd=tmp_path, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert process.stdout.readline().startswith("MLflow tracking server ready")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM and "server stopped" in output
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
 def test_unreachable_server_error_hides_the_password():
     from tlbench.errors import TlbenchError
     from tlbench.store import check_tracking_store

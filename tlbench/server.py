@@ -111,8 +111,9 @@ def exposure_warning(host: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted (Ctrl-C, SIGTERM or SIGHUP), then stop the MLflow server."""
     from tlbench.store import redact
+    from tlbench.track import Terminated, terminate_as_exception
 
     args = parse_args(argv)
     backend = args.backend_store_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     try:
-        with serve(backend, args.artifacts.resolve(), args.port, args.log_file, args.host,
-                   args.workers) as uri:
+        with terminate_as_exception(), serve(backend, args.artifacts.resolve(), args.port,
+                                             args.log_file, args.host, args.workers) as uri:
             print(f"MLflow tracking server ready at {uri} (backend {redact(backend)})",
                   flush=True)
             print(f"  sweeps: python -m tlbench -m ... tracking.uri={uri}", flush=True)
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"tlbench server: error: {redact(str(exc))}") from None
     except KeyboardInterrupt:
         print("server stopped", flush=True)
+    except Terminated:  # a scheduler's or `kill`'s stop: the MLflow server is stopped first
+        print("server stopped", flush=True)
+        raise
 
 
 if __name__ == "__main__":
