@@ -26,7 +26,8 @@ weights (backbone.weights=null), 10 epochs, no early stopping, each with its own
 
 `--against DIR` (a folder holding another `tlbench` package, e.g. a copy of an older commit's
 `tlbench/` with `conf/` and `sweeps/` copied into it) runs sections 1 and 2 for that code too, on
-PYTHONPATH, interleaved process by process with this checkout's: a before/after comparison.
+PYTHONPATH, interleaved process by process with this checkout's, and section 3's cached grid
+(against the same seed recipe run, this checkout's): a before/after comparison.
 
 The machine is shared: compare ratios taken in the same invocation, not absolute seconds.
 """
@@ -207,22 +208,27 @@ def grid_floor(work: Path, store: Path) -> tuple[float, float]:
     return start_s, work_s
 
 
-def grid(work: Path, name: str) -> None:
-    """Section 3: the grid cached (empty cache) and as the seed recipe, one process each."""
+def grid(work: Path, name: str, codes: dict[str, str | None]) -> None:
+    """Section 3: the grid cached (empty cache) with each code, then as the seed recipe (this
+    checkout's), one process each."""
     strategy, backbones, sizes, seeds = GRIDS[name]
     jobs = [*COMMON, f"strategy={strategy}", f"backbone={backbones}",
             f"data.train_size={sizes}", f"seed={seeds}"]
     n = len(backbones.split(",")) * len(sizes.split(",")) * len(seeds.split(","))
-    cached, _ = tlbench([*jobs, f"cache.dir={work / name / 'cache'}"], work / name / "cached")
+    cached = {code: tlbench([*jobs, f"cache.dir={work / name / code / 'cache'}"],
+                            work / name / code / "cached", code=path)[0]
+              for code, path in codes.items()}
     recipe, _ = tlbench([*jobs, "cache.enabled=false"], work / name / "recipe")
-    print(f"\ngrid {name} ({strategy}, {n} runs): seed recipe {recipe:.1f}s, tlbench "
-          f"{cached:.1f}s, speed-up {recipe / cached:.1f}x", flush=True)
-    if strategy == "feature_extraction":
-        start_s, work_s = grid_floor(work / name, work / name / "cached" / "mlflow.db")
-        floor = start_s + work_s
-        print(f"floor {floor:.1f}s (process start + TensorFlow import {start_s:.1f}s, forward "
-              f"passes + steady-state epochs {work_s:.1f}s): tlbench takes {cached / floor:.2f}x "
-              "the floor")
+    for code, seconds in cached.items():
+        print(f"\ngrid {name} ({strategy}, {n} runs): seed recipe {recipe:.1f}s, tlbench "
+              f"({code}) {seconds:.1f}s, speed-up {recipe / seconds:.2f}x", flush=True)
+        if strategy == "feature_extraction":
+            start_s, work_s = grid_floor(work / name / code,
+                                         work / name / code / "cached" / "mlflow.db")
+            floor = start_s + work_s
+            print(f"floor {floor:.1f}s (process start + TensorFlow import {start_s:.1f}s, "
+                  f"forward passes + steady-state epochs {work_s:.1f}s): tlbench ({code}) takes "
+                  f"{seconds / floor:.2f}x the floor")
 
 
 def main() -> None:
@@ -241,11 +247,11 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
+        codes = {"this": None} | ({"against": args.against} if args.against else {})
         if args.repeats:
-            codes = {"this": None} | ({"against": args.against} if args.against else {})
             marginal(work, args.runs, args.repeats, codes)
         for name in {"none": [], "all": ["fe", "pf"]}.get(args.grid, [args.grid]):
-            grid(work, name)
+            grid(work, name, codes)
 
 
 if __name__ == "__main__":

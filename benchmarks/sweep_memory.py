@@ -1,14 +1,17 @@
 """Peak resident memory over a 20-run sequential sweep in one process (Keras session cleared).
 
-    python benchmarks/sweep_memory.py
+    python benchmarks/sweep_memory.py [--backbones vgg16,mobilenetv2]
+                                      [--strategies feature_extraction,scratch]
 
-Runs `python -m tlbench -m` over 2 backbones x 2 strategies x 5 sizes (1 epoch, 32 px) into a
-temporary sqlite store, then prints each run's `process_peak_rss_mb` in launch order and the
-growth from the 5th to the 20th job: a flat tail means memory does not grow without bound.
+Runs `python -m tlbench -m` over the backbones x strategies x 5 sizes (1 epoch, 32 px, random
+weights) into a temporary sqlite store, then prints each run's `process_peak_rss_mb` in launch
+order and the growth from the 5th to the last job: a flat tail means memory does not grow
+without bound. Set PYTHONPATH to a folder holding another `tlbench` package to profile that code.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import subprocess
@@ -17,19 +20,24 @@ import tempfile
 import time
 from pathlib import Path
 
-GRID = ["backbone=vgg16,mobilenetv2", "backbone.weights=null",
-        "strategy=feature_extraction,scratch", "data.train_size=2,3,4,5,6",
-        "trainer.epochs=1", "trainer.patience=null"]
+FIXED = ["backbone.weights=null", "data.train_size=2,3,4,5,6", "trainer.epochs=1",
+         "trainer.patience=null"]
 
 
 def main() -> None:
     """Run the sweep and print the memory profile."""
     from mlflow.tracking import MlflowClient
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", default="vgg16,mobilenetv2")
+    parser.add_argument("--strategies", default="feature_extraction,scratch")
+    args = parser.parse_args()
+    grid = [f"backbone={args.backbones}", f"strategy={args.strategies}", *FIXED]
+
     with tempfile.TemporaryDirectory() as folder:
         uri = f"sqlite:///{Path(folder) / 'mlflow.db'}"
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tlbench", "-m", *GRID, f"tracking.uri={uri}"],
+        subprocess.run([sys.executable, "-m", "tlbench", "-m", *grid, f"tracking.uri={uri}"],
                        cwd=folder, check=True, capture_output=True,
                        env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"})
         wall = time.perf_counter() - start

@@ -14,7 +14,7 @@ import pytest
 from tlbench.backbone import BACKBONES, build_base
 from tlbench.config import parse_config
 from tlbench.data import ArrayImages, load_source, split_indices
-from tlbench.features import POOLED, cached_rows, frozen_dataset
+from tlbench.features import POOLED, cached_rows, frozen_dataset, frozen_datasets
 from tlbench.train import configure_runtime, train_logreg
 
 from .conftest import TINY, compose_config
@@ -146,6 +146,40 @@ def test_cached_features_equal_a_fresh_forward(digits, tmp_path):
     np.testing.assert_array_equal(cached.data.y_train, source.labels[splits.train])
 
 
+def test_taps_missing_the_same_rows_share_one_forward_pass(digits, tmp_path, monkeypatch):
+    """Pooled features and a cut's activations missing from the cache are computed by one pass
+    over the images (the cut's rows are those a pass of their own computes); a tap whose entry
+    is filled already is not computed again."""
+    config, source, splits = digits
+    spec, base = BACKBONES["vgg16"], vgg16(seed=0)
+    passes: list[tuple[int, int]] = []  # (outputs, images) of each predict call
+    predict = keras.Model.predict
+
+    def counted(model, images, **kwargs):
+        passes.append((len(model.outputs), len(images)))
+        return predict(model, images, **kwargs)
+
+    def images_forwarded(outputs: int) -> int:
+        return sum(n for width, n in passes if width == outputs)
+
+    separate = [frozen_dataset(base, spec, source, splits, 32, tap, None, 32)
+                for tap in (POOLED, "block4_pool")]
+    monkeypatch.setattr(keras.Model, "predict", counted)
+    pooled, cut = frozen_datasets(base, spec, source, splits, 32, [POOLED, "block4_pool"],
+                                  tmp_path, 32)
+    assert pooled.computed == cut.computed == images_forwarded(2) > 0
+    assert images_forwarded(1) == 0
+    for joint, alone in zip((pooled, cut), separate, strict=True):
+        np.testing.assert_allclose(joint.data.x_train, alone.data.x_train, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(joint.data.x_test, alone.data.x_test, rtol=1e-5, atol=1e-6)
+    passes.clear()
+    other = vgg16(seed=1)
+    frozen_dataset(other, spec, source, splits, 32, "block4_pool", tmp_path, 32)
+    frozen_datasets(other, spec, source, splits, 32, [POOLED, "block4_pool"], tmp_path, 32)
+    assert images_forwarded(2) == 0  # the cut alone, then the pooled features alone:
+    assert images_forwarded(1) == 2 * pooled.computed
+
+
 def trained(config, via_cache: bool, cache_dir):
     """Train one config in-process on images (cache off) or on cached frozen inputs, through
     the strategy object as the CLI does; result and base."""
@@ -239,7 +273,7 @@ def test_a_cached_run_trains_as_a_cold_run_without_building_the_base(tiny_config
                              f"cache.dir={tmp_path}", *overrides)
         prepared = prepare(config, None, None)
         result = strategy.for_run(config).train(prepared)
-        (head,) = train.COMPILED.values()
+        ((head,),) = train.COMPILED.values()
         return prepared, result, [v.numpy() for v in head.variables], head.train_function
 
     cold_prepared, cold, cold_head, traced = run()

@@ -116,3 +116,39 @@ def test_dense_head_standardises_random_init_features(tmp_path):
                 for r in runs}
     assert accuracy["False"] == 0.5  # chance on two balanced classes
     assert accuracy["True"] >= 0.7
+
+
+def test_partial_finetune_on_models_compiled_by_an_earlier_run_trains_as_a_cold_run(
+        tiny_config, tmp_path, monkeypatch):
+    """A partial fine-tuning run on the cached cut, on the head and top models an earlier run of
+    the process compiled (their traced functions reused: a new base's weights copied in, fresh
+    optimizer states at each phase's rate), trains exactly what a cold run trains: same epochs'
+    losses in both phases, final weights, predictions and parameter counts."""
+    from tlbench import strategy, train
+    from tlbench.prepare import prepare
+
+    monkeypatch.setattr(train, "COMPILED", {})  # the cold run compiles its own models
+
+    def run(*overrides: str):
+        config = tiny_config("backbone=mobilenetv2", "strategy=partial_finetune",
+                             "data.train_size=10", "trainer.epochs=2", "strategy.head.units=8",
+                             f"cache.dir={tmp_path}", *overrides)
+        result = strategy.for_run(config).train(prepare(config, None, None))
+        (models,) = train.COMPILED.values()
+        return result, [[v.numpy() for v in m.variables] for m in models], \
+            [m.train_function for m in models]
+
+    cold, cold_weights, traced = run()
+    run("seed=1", "trainer.lr=0.01")  # another base and head in between, on the same models
+    warm, warm_weights, traced_again = run()
+    assert all(a is b for a, b in zip(traced, traced_again, strict=True))  # nothing retraced
+    assert [e["phase"] for e in warm.history] == ["head"] * 2 + ["finetune"] * 2
+    assert warm.history == cold.history
+    for cold_model, warm_model in zip(cold_weights, warm_weights, strict=True):
+        for cold_value, warm_value in zip(cold_model, warm_model, strict=True):
+            np.testing.assert_array_equal(warm_value, cold_value)
+    for key in ("train_accuracy", "val_accuracy", "test_accuracy", "params_total",
+                "params_trainable", "flops"):
+        assert warm.metrics[key] == cold.metrics[key], key
+    np.testing.assert_array_equal(warm.confusion, cold.confusion)
+    assert warm.metrics["first_epoch_seconds"] < cold.metrics["first_epoch_seconds"]

@@ -67,9 +67,9 @@ def test_runs_release_the_graphs_earlier_runs_traced(tiny_config):
 
 
 def test_a_reused_head_at_many_steps_per_call_trains_as_a_fresh_one(tiny_config, monkeypatch):
-    """A head plan (reuse_key set: 64 batches per call, the compiled model of an earlier run
-    reused) gives the same epochs, weights and predictions as a fresh model stepping one batch
-    per call."""
+    """A head plan on features (64 batches per call, and with reuse_key set the compiled model
+    of an earlier run reused) gives the same epochs, weights and predictions as a fresh model
+    stepping one batch per call."""
     import numpy as np
 
     from tlbench import train
@@ -91,7 +91,10 @@ def test_a_reused_head_at_many_steps_per_call_trains_as_a_fresh_one(tiny_config,
         result = train_and_evaluate(plan, {"features": data}, config.trainer, 0)
         return result, [v.numpy() for v in plan.model.variables], plan.model
 
-    fresh, fresh_weights, _ = trained(None, 0.01)
+    with monkeypatch.context() as one_per_call:
+        one_per_call.setattr(train, "HEAD_STEPS_PER_CALL", 1)
+        fresh, fresh_weights, stepped = trained(None, 0.01)
+    assert stepped.steps_per_execution == 1 and not train.COMPILED  # no key: not kept
     _, _, compiled = trained(("toy",), 0.05)  # compiled at 64 steps per call, at another rate
     reused, reused_weights, model = trained(("toy",), 0.01)
     assert model is compiled and compiled.steps_per_execution == 64
@@ -99,3 +102,41 @@ def test_a_reused_head_at_many_steps_per_call_trains_as_a_fresh_one(tiny_config,
     for a, b in zip(fresh_weights, reused_weights, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(reused.confusion, fresh.confusion)
+
+
+def test_compiled_models_beyond_the_byte_budget_are_dropped_oldest_first(tiny_config,
+                                                                         monkeypatch):
+    """The process keeps compiled models up to COMPILED_BYTES, dropping the least recently used
+    first, and always keeps the newest."""
+    import numpy as np
+
+    from tlbench import train
+    from tlbench.data import Dataset
+    from tlbench.plan import Phase, Plan, keep
+
+    config = tiny_config()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 100)).astype(np.float32), rng.integers(0, 2, 40)
+    data = Dataset(x, y, x, y, x, y, ("a", "b"))
+    monkeypatch.setattr(train, "COMPILED", {})
+
+    def trained(key: str) -> None:
+        model = keras.Sequential([keras.Input((100,)), keras.layers.Dense(2, activation="softmax")])
+        plan = Plan(model, [Phase("head", 1, 0.01, keep, inputs="features")], inputs="features",
+                    reuse_key=(key,))
+        train_and_evaluate(plan, {"features": data}, config.trainer, 0)
+
+    def kept() -> list[str]:
+        return [key[0][0] for key in train.COMPILED]
+
+    trained("a")
+    one = train._held_bytes(next(iter(train.COMPILED.values())))
+    assert one > 3 * 4 * 202  # weights and two Adam moments
+    monkeypatch.setattr(train, "COMPILED_BYTES", 2 * one)
+    trained("b")
+    trained("a")  # reused: now the most recently used
+    trained("c")
+    assert kept() == ["a", "c"]
+    monkeypatch.setattr(train, "COMPILED_BYTES", one // 2)
+    trained("d")
+    assert kept() == ["d"]

@@ -71,25 +71,32 @@ def entry_dir(root: Path, key: dict) -> Path:
     return root / f"{key['backbone']}-{key['input_size']}px-{key['tap']}-{digest}"
 
 
-def extractor(base, spec: BackboneSpec, tap: str):
-    """The frozen computation: the pooled (or flattened) base output, or the output at `tap`."""
+def extractor(base, spec: BackboneSpec, *taps: str):
+    """The frozen computation: for each tap, the pooled (or flattened) base output, or the
+    output of the layer it names."""
     import keras
 
-    if tap != POOLED:
-        return keras.Model(base.input, base.get_layer(tap).output)
-    pool = keras.layers.Flatten() if spec.features == "flat" else \
-        keras.layers.GlobalAveragePooling2D()
-    return keras.Model(base.input, pool(base.output))
+    def output(tap: str):
+        if tap != POOLED:
+            return base.get_layer(tap).output
+        pool = keras.layers.Flatten() if spec.features == "flat" else \
+            keras.layers.GlobalAveragePooling2D()
+        return pool(base.output)
+
+    outputs = [output(tap) for tap in taps]
+    return keras.Model(base.input, outputs if len(outputs) > 1 else outputs[0])
 
 
 def forward(model, spec: BackboneSpec, source: LabelledImages, positions: np.ndarray,
-            input_size: int, batch_size: int) -> np.ndarray:
-    """Resize, preprocess and run the frozen model over source images, a chunk at a time."""
+            input_size: int, batch_size: int) -> list[np.ndarray]:
+    """Resize, preprocess and run the frozen model over source images, a chunk at a time: one
+    array per output of the model."""
     chunks = []
     for start in range(0, len(positions), CHUNK):
         images = resize(source.images[positions[start:start + CHUNK]], input_size)
-        chunks.append(model.predict(preprocess(spec, images), batch_size=batch_size, verbose=0))
-    return np.concatenate(chunks).astype(np.float32)
+        outputs = model.predict(preprocess(spec, images), batch_size=batch_size, verbose=0)
+        chunks.append(outputs if isinstance(outputs, list) else [outputs])
+    return [np.concatenate(parts).astype(np.float32) for parts in zip(*chunks, strict=True)]
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -260,10 +267,10 @@ def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Sp
     start = time.perf_counter()
     built = {} if getattr(base, "weights", None) is None else {"base": base}
 
-    def model(tap: str):
-        if tap not in built:
-            built[tap] = extractor(model_base(built, base), spec, tap)
-        return built[tap]
+    def model(*tapped: str):
+        if tapped not in built:
+            built[tapped] = extractor(model_base(built, base), spec, *tapped)
+        return built[tapped]
 
     identity = None
     if root is not None:
@@ -276,18 +283,33 @@ def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Sp
     def take(rows: np.ndarray, split: np.ndarray) -> np.ndarray:
         return rows[np.searchsorted(positions, split)]
 
+    keys = {tap: None if identity is None else
+            entry_key(spec, identity[0], identity[1], input_size, tap, identity[2])
+            for tap in taps}
+    folders = {tap: None if key is None else entry_dir(root, key) for tap, key in keys.items()}
+    ahead: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def compute(tap: str, missing: np.ndarray) -> np.ndarray:
+        """The tap's rows at `missing`: computed ahead by an earlier tap's forward pass, or by
+        one pass that also computes them for the later taps whose entries lack them."""
+        rows = ahead.pop(tap, None)
+        if rows is not None and np.array_equal(rows[0], missing):
+            return rows[1]
+        later = taps[taps.index(tap) + 1:]
+        joint = [tap, *(t for t in later if not covers(folders[t], missing, n_rows))]
+        outputs = forward(model(*joint), spec, source, missing, input_size, batch_size)
+        ahead.update((t, (missing, rows)) for t, rows in zip(joint[1:], outputs[1:],
+                                                              strict=True))
+        return outputs[0]
+
     results = []
     for tap in taps:
-        key = None if identity is None else entry_key(spec, identity[0], identity[1], input_size,
-                                                      tap, identity[2])
-        folder = None if key is None else entry_dir(root, key)
+        key, folder = keys[tap], folders[tap]
         whole = n_rows <= fill_limit and (covers(folder, positions, n_rows) or
                                           n_rows * 4 * np.prod(model(tap).output.shape[1:])
                                           <= FILL_BYTES)
         rows, computed, waited = cached_rows(
-            folder, key, positions, n_rows,
-            lambda missing, tap=tap: forward(model(tap), spec, source, missing, input_size,
-                                             batch_size),
+            folder, key, positions, n_rows, lambda missing, tap=tap: compute(tap, missing),
             fill=np.arange(n_rows) if whole else None)
         data = Dataset(take(rows, splits.train), source.labels[splits.train],
                        take(rows, splits.val), source.labels[splits.val],

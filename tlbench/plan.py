@@ -29,8 +29,9 @@ class Plan:
 
     `full_model` is the whole network (base and head) whose parameters the run reports; without
     one, `model`'s plus `frozen_params` (a frozen base's, known without building it).
-    `reuse_key` names the architecture of a one-phase plan's model: a model compiled earlier in
-    the process under the same key may train in its place (tlbench.train.fit).
+    `reuse_key` names the architecture and trainable parts of the plan's models (its own and
+    its phases'): models compiled earlier in the process under the same key may train in their
+    place (tlbench.train.fit), so it is set only where each phase fits a model of its own.
     """
 
     model: Any

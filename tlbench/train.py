@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from tlbench import runtime
 from tlbench.config import LogregHeadConfig, TrainerConfig
 from tlbench.data import Dataset
-from tlbench.plan import Plan
+from tlbench.plan import Phase, Plan
 
 
 def configure_runtime(trainer: TrainerConfig, seed: int, threads: int | None) -> None:
@@ -151,7 +151,7 @@ def fit(plan: Plan, inputs: dict[str, Dataset], trainer: TrainerConfig,
             model.compile(optimizer=make_optimizer(trainer.optimizer, phase.lr),
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                           jit_compile=trainer.jit_compile,
-                          steps_per_execution=steps_per_call(plan))
+                          steps_per_execution=steps_per_call(phase))
         params = count_params(plan.full_model or plan.model, plan.frozen_params)
         train = batches(data.x_train, data.y_train, trainer.batch_size, shuffle_seed=seed + index)
         val = batches(data.x_val, data.y_val, trainer.batch_size)
@@ -162,45 +162,87 @@ def fit(plan: Plan, inputs: dict[str, Dataset], trainer: TrainerConfig,
         fit_seconds += time.perf_counter() - start
         epoch_seconds.append(timer.seconds)
         history.extend(_epochs(result.history, phase.name))
+    if not reused:
+        keep_compiled(plan, trainer)
     return _timing(epoch_seconds, fit_seconds, len(inputs[plan.inputs].y_train)) | params, history
 
 
 HEAD_STEPS_PER_CALL = 64
 
 
-def steps_per_call(plan: Plan) -> int:
-    """Batches per call of the traced training (and validation) step: many for a small head on
+def steps_per_call(phase: Phase) -> int:
+    """Batches per call of the traced training (and validation) step: many for a head on
     cached features, where Python's per-batch overhead outweighs the step itself (measured 45%
     less time per `fit`), one elsewhere and on PyTorch (which only takes one). Each batch is
     the same step either way: the weights and metrics are the same."""
-    many = plan.reuse_key is not None and runtime.backend() != "torch"
+    many = phase.inputs == "features" and runtime.backend() != "torch"
     return HEAD_STEPS_PER_CALL if many else 1
 
 
-COMPILED: dict[tuple, keras.Model] = {}
-"""Models compiled in this process, by their plan's reuse_key and training settings."""
+COMPILED: dict[tuple, list[keras.Model]] = {}
+"""Models compiled in this process, by their plan's reuse_key and training settings: the plan's
+model, then each phase's own, as `plan_models` lists them. The oldest are dropped beyond
+COMPILED_BYTES (the newest is always kept)."""
+
+COMPILED_BYTES = 1 << 30
+
+
+def plan_models(plan: Plan) -> list[keras.Model]:
+    """The plan's model, then the models of the phases that fit their own."""
+    return [plan.model, *(phase.model for phase in plan.phases if phase.model is not None)]
+
+
+def _reuse_entry(plan: Plan, trainer: TrainerConfig) -> tuple | None:
+    """The COMPILED key of a plan whose compiled models can train in place of its fresh ones:
+    a reuse_key, a constant learning rate and a model of its own per phase (no recompiling
+    after a change of trainable flags); not under loss scaling."""
+    models = [id(phase.model or plan.model) for phase in plan.phases]
+    if plan.reuse_key is None or trainer.precision == "mixed_float16" \
+            or len(set(models)) < len(models) \
+            or not all(isinstance(phase.lr, float | int) for phase in plan.phases):
+        return None
+    return (plan.reuse_key, trainer.optimizer, trainer.jit_compile, runtime.backend())
 
 
 def reuse_compiled(plan: Plan, trainer: TrainerConfig) -> bool:
-    """Put a model compiled earlier in this process under the plan's reuse_key in place of the
-    plan's fresh one, given its weights (random-number states included) and a fresh optimizer
-    state: it trains exactly as the fresh model would, on the functions already traced (0.4 s a
-    run on 2 cores). One-phase plans at a constant learning rate; not under loss scaling."""
-    phase = plan.phases[0]
-    if plan.reuse_key is None or len(plan.phases) > 1 or phase.model is not None \
-            or not isinstance(phase.lr, float | int) or trainer.precision == "mixed_float16":
+    """Put the models compiled by an earlier run of this process under the plan's reuse_key in
+    place of the plan's fresh ones, given their weights (random-number states included) and
+    fresh optimizer states at each phase's learning rate: they train exactly as the fresh
+    models would, on the functions already traced (a head: 0.4 s a run on 2 cores)."""
+    key = _reuse_entry(plan, trainer)
+    twins = COMPILED.get(key) if key else None
+    if twins is None:
         return False
-    key = (plan.reuse_key, trainer.optimizer, trainer.jit_compile, runtime.backend())
-    twin = COMPILED.setdefault(key, plan.model)
-    if twin is plan.model:
-        return False  # compiled by `fit`, kept for the next run
-    for target, value in zip(twin.variables, plan.model.variables, strict=True):
-        target.assign(value.numpy())
-    for variable in twin.optimizer.variables:  # step count, moments: zero, as when built
-        variable.assign(np.zeros(variable.shape, variable.dtype))
-    twin.optimizer.learning_rate = phase.lr
-    plan.model = twin
+    for fresh, twin in zip(plan_models(plan), twins, strict=True):
+        for target, value in zip(twin.variables, fresh.variables, strict=True):
+            target.assign(value.numpy())
+    plan.model, own = twins[0], iter(twins[1:])
+    for phase in plan.phases:
+        phase.model = next(own) if phase.model is not None else None
+        model = phase.model or plan.model
+        for variable in model.optimizer.variables:  # step count, moments: zero, as when built
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+        model.optimizer.learning_rate = phase.lr
+    COMPILED[key] = COMPILED.pop(key)  # the most recently used, kept longest
     return True
+
+
+def keep_compiled(plan: Plan, trainer: TrainerConfig) -> None:
+    """Keep the plan's models, compiled and trained by `fit`, for later runs under the same
+    key; drop the least recently used beyond COMPILED_BYTES."""
+    key = _reuse_entry(plan, trainer)
+    if key is None:
+        return
+    COMPILED[key] = plan_models(plan)
+    while len(COMPILED) > 1 and sum(map(_held_bytes, COMPILED.values())) > COMPILED_BYTES:
+        del COMPILED[next(iter(COMPILED))]
+
+
+def _held_bytes(models: list[keras.Model]) -> int:
+    """Bytes of the models' and their optimizers' variables (shared ones counted once)."""
+    variables = {id(v): v for model in models
+                 for v in [*model.variables, *getattr(model.optimizer, "variables", [])]}
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables.values())
 
 
 def _epochs(history: dict[str, list[float]], phase: str) -> list[dict[str, float]]:

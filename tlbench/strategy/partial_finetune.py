@@ -181,17 +181,22 @@ class PartialFinetune(Strategy):
         return Plan(model, self.phases(base, entry, trainer, head_phase))
 
     def plan_on_frozen(self, prepared, facts, inputs) -> Plan:
-        """The head on pooled features, then the top stages and head on the cut activations."""
+        """The head on pooled features, then the top stages and head on the cut activations;
+        the models an earlier run of the process compiled for the same backbone, cut, head and
+        precision may train in their place."""
         base, entry, trainer = prepared.base, prepared.entry, prepared.config.trainer
-        n_classes = inputs["features"].n_classes
+        n_classes, cut = inputs["features"].n_classes, self.cut(base, entry)
         classifier = head_layers(n_classes, self.config.head)
         full = with_head(base, n_classes, self.config.head, base_training=False,
                          classifier=classifier)
         base.trainable = False
         head_phase = Phase("head", self.config.head_epochs or trainer.epochs, trainer.lr, keep,
                            head_on_features(base, classifier), "features")
-        return Plan(top_with_head(base, self.cut(base, entry), classifier),
-                    self.phases(base, entry, trainer, head_phase), inputs="cut", full_model=full)
+        return Plan(top_with_head(base, cut, classifier),
+                    self.phases(base, entry, trainer, head_phase), inputs="cut", full_model=full,
+                    reuse_key=(self.name, entry.name, cut, self.config.unfreeze_blocks,
+                               inputs["cut"].x_train.shape[1:], n_classes,
+                               repr(self.config.head), trainer.precision))
 
 
 def top_inputs(head_phase: Phase) -> str:
