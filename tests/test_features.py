@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from tlbench import features
 from tlbench.backbone import BACKBONES, build_base
 from tlbench.config import parse_config
 from tlbench.data import ArrayImages, load_source, split_indices
@@ -149,7 +150,8 @@ def test_cached_features_equal_a_fresh_forward(digits, tmp_path):
 def test_taps_missing_the_same_rows_share_one_forward_pass(digits, tmp_path, monkeypatch):
     """Pooled features and a cut's activations missing from the cache are computed by one pass
     over the images (the cut's rows are those a pass of their own computes); a tap whose entry
-    is filled already is not computed again."""
+    is filled already is not computed again, and rows beyond FILL_BYTES are not held for a
+    later tap."""
     config, source, splits = digits
     spec, base = BACKBONES["vgg16"], vgg16(seed=0)
     passes: list[tuple[int, int]] = []  # (outputs, images) of each predict call
@@ -177,6 +179,12 @@ def test_taps_missing_the_same_rows_share_one_forward_pass(digits, tmp_path, mon
     frozen_dataset(other, spec, source, splits, 32, "block4_pool", tmp_path, 32)
     frozen_datasets(other, spec, source, splits, 32, [POOLED, "block4_pool"], tmp_path, 32)
     assert images_forwarded(2) == 0  # the cut alone, then the pooled features alone:
+    assert images_forwarded(1) == 2 * pooled.computed
+    passes.clear()
+    monkeypatch.setattr(features, "FILL_BYTES", cut.data.x_train[0].nbytes)  # one cut row
+    frozen_datasets(vgg16(seed=2), spec, source, splits, 32, [POOLED, "block4_pool"],
+                    tmp_path, 32)
+    assert images_forwarded(2) == 0  # too many cut rows to hold for later: two passes
     assert images_forwarded(1) == 2 * pooled.computed
 
 

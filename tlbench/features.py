@@ -287,16 +287,30 @@ def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Sp
             entry_key(spec, identity[0], identity[1], input_size, tap, identity[2])
             for tap in taps}
     folders = {tap: None if key is None else entry_dir(root, key) for tap, key in keys.items()}
+
+    def row_bytes(tap: str) -> int:
+        return 4 * int(np.prod(model(tap).output.shape[1:]))
+
+    whole = {tap: n_rows <= fill_limit and (covers(folders[tap], positions, n_rows) or
+                                            n_rows * row_bytes(tap) <= FILL_BYTES)
+             for tap in taps}
     ahead: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def joins(tap: str, later: str, missing: np.ndarray) -> bool:
+        """Whether `later` will ask for exactly the rows `tap` computes (its entry holds none
+        of them, and it fills alike), few enough to keep until then (FILL_BYTES)."""
+        folder = folders[later]
+        empty = folder is None or not _entry_state(folder, n_rows)[0][missing].any()
+        return empty and whole[later] == whole[tap] and \
+            len(missing) * row_bytes(later) <= FILL_BYTES
 
     def compute(tap: str, missing: np.ndarray) -> np.ndarray:
         """The tap's rows at `missing`: computed ahead by an earlier tap's forward pass, or by
-        one pass that also computes them for the later taps whose entries lack them."""
+        one pass that also computes them for the later taps that will ask for the same rows."""
         rows = ahead.pop(tap, None)
         if rows is not None and np.array_equal(rows[0], missing):
             return rows[1]
-        later = taps[taps.index(tap) + 1:]
-        joint = [tap, *(t for t in later if not covers(folders[t], missing, n_rows))]
+        joint = [tap, *(t for t in taps[taps.index(tap) + 1:] if joins(tap, t, missing))]
         outputs = forward(model(*joint), spec, source, missing, input_size, batch_size)
         ahead.update((t, (missing, rows)) for t, rows in zip(joint[1:], outputs[1:],
                                                               strict=True))
@@ -305,12 +319,9 @@ def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Sp
     results = []
     for tap in taps:
         key, folder = keys[tap], folders[tap]
-        whole = n_rows <= fill_limit and (covers(folder, positions, n_rows) or
-                                          n_rows * 4 * np.prod(model(tap).output.shape[1:])
-                                          <= FILL_BYTES)
         rows, computed, waited = cached_rows(
             folder, key, positions, n_rows, lambda missing, tap=tap: compute(tap, missing),
-            fill=np.arange(n_rows) if whole else None)
+            fill=np.arange(n_rows) if whole[tap] else None)
         data = Dataset(take(rows, splits.train), source.labels[splits.train],
                        take(rows, splits.val), source.labels[splits.val],
                        take(rows, splits.test), source.labels[splits.test], source.class_names)
