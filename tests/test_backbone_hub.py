@@ -67,17 +67,18 @@ def test_bad_presets_are_one_line(files, preset, message):
 
 
 def test_kerashub_runs_through_the_cli(files, tmp_path):
-    """Feature extraction and partial fine-tuning of the preset (its weights) through the real
-    CLI."""
+    """Feature extraction, partial fine-tuning and full retraining of the preset (its weights)
+    through the real CLI."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = tlbench("-m", "strategy=feature_extraction,partial_finetune", "data=digits59",
+    result = tlbench("-m", "strategy=feature_extraction,partial_finetune,full_retrain",
+                     "data=digits59",
                      "data.train_size=5", "trainer.epochs=1", "trainer.patience=null",
                      "backbone=kerashub", f"backbone.preset={files / 'preset'}",
                      "backbone.weights=preset", cwd=tmp_path, uri=uri)
     assert result.returncode == 0, result.stderr[-2000:]
     runs = {r.info.run_name: r for r in runs_of(uri)}
-    assert {r.info.status for r in runs.values()} == {"FINISHED"} and len(runs) == 2
-    frozen, partial = (runs[f"kerashub-{s}-n5-s0"].data.metrics["params_trainable"]
-                       for s in ("feature_extraction", "partial_finetune"))
-    assert frozen < partial
+    assert {r.info.status for r in runs.values()} == {"FINISHED"} and len(runs) == 3
+    frozen, partial, full = (runs[f"kerashub-{s}-n5-s0"].data.metrics["params_trainable"]
+                             for s in ("feature_extraction", "partial_finetune", "full_retrain"))
+    assert frozen < partial < full
     assert runs["kerashub-partial_finetune-n5-s0"].data.tags["inputs"] == "cut"
