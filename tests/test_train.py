@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import pytest
 
-from tlbench.train import configure_runtime, train_and_evaluate
+from tlbench.train import configure_runtime, keras_classes, train_and_evaluate
 
 from .conftest import build_run
 
@@ -140,3 +141,17 @@ def test_compiled_models_beyond_the_byte_budget_are_dropped_oldest_first(tiny_co
     monkeypatch.setattr(train, "COMPILED_BYTES", one // 2)
     trained("d")
     assert kept() == ["d"]
+
+
+def test_one_prediction_over_several_arrays_keeps_each_arrays_rows():
+    """keras_classes predicts train, val and test in one call: each array's classes come back
+    whole, in order, as separate predictions of each array give them."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(inputs))
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(n, 6)).astype("float32") for n in (37, 5, 70)]
+    predicted = keras_classes(model, batch_size=16)(arrays)
+    assert [len(p) for p in predicted] == [37, 5, 70]
+    for x, classes in zip(arrays, predicted, strict=True):
+        np.testing.assert_array_equal(classes, np.argmax(model.predict(x, verbose=0), axis=1))

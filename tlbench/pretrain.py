@@ -205,7 +205,7 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     predict = train.keras_classes(model, cfg.batch_size)
 
     def accuracy(x, y) -> float:
-        return float((predict(x) == y).mean())
+        return float((predict([x])[0] == y).mean())
 
     return base, head, {
         "backbone": spec.name,
