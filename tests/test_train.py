@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from tlbench import train
 from tlbench.train import configure_runtime, keras_classes, train_and_evaluate
 
 from .conftest import build_run
@@ -143,9 +144,11 @@ def test_compiled_models_beyond_the_byte_budget_are_dropped_oldest_first(tiny_co
     assert kept() == ["d"]
 
 
-def test_one_prediction_over_several_arrays_keeps_each_arrays_rows():
-    """keras_classes predicts train, val and test in one call: each array's classes come back
-    whole, in order, as separate predictions of each array give them."""
+@pytest.mark.parametrize("chained_bytes", [train.CHAINED_BYTES, 0])
+def test_one_prediction_over_several_arrays_keeps_each_arrays_rows(chained_bytes, monkeypatch):
+    """keras_classes predicts train, val and test in one call (or, above CHAINED_BYTES, one call
+    each): each array's classes come back whole, in order, as separate predictions give them."""
+    monkeypatch.setattr(train, "CHAINED_BYTES", chained_bytes)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6,))
     model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(inputs))

@@ -280,14 +280,24 @@ def evaluate(predict: Callable[[list[np.ndarray]], list[np.ndarray]],
     return metrics, confusion_matrix(data.y_test, test_pred, labels=labels)
 
 
+CHAINED_BYTES = 256 * 2**20
+"""Arrays of at most this many bytes together are predicted in one call (tf.data holds a copy of
+each at once); larger ones, images rather than features, one call each."""
+
+
 def keras_classes(model: keras.Model,
                   batch_size: int) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     """The model's predicted class per row of each array, in inference mode, in one `predict`
-    call over every array's batches in turn (each array batched alone, as by `batches`): three
-    calls cost 10 ms more a run on 2 cores, and Keras' own array adapter 0.2-0.5 s more a call."""
+    call over every array's batches in turn (each array batched alone, as by `batches`; three
+    calls cost 5-10 ms more a run on 2 cores, Keras' own array adapter 0.2-0.5 s more a call)."""
     def predict(arrays: list[np.ndarray]) -> list[np.ndarray]:
-        classes = np.argmax(model.predict(chained_batches(arrays, batch_size), verbose=0), axis=1)
-        return np.split(classes, np.cumsum([len(x) for x in arrays])[:-1])
+        together = sum(x.nbytes for x in arrays) <= CHAINED_BYTES
+        predicted: list[np.ndarray] = []
+        for group in [arrays] if together else [[x] for x in arrays]:
+            classes = np.argmax(model.predict(chained_batches(group, batch_size), verbose=0),
+                                axis=1)
+            predicted += np.split(classes, np.cumsum([len(x) for x in group])[:-1])
+        return predicted
 
     return predict
 
