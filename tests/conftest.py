@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 
@@ -85,3 +86,13 @@ def build_run(config: RunConfig):
 def prepared_entry(config: RunConfig):
     """The entry of the config's backbone."""
     return config.backbone.entry()
+
+
+def assert_trained_alike(warm, cold) -> None:
+    """Two RunResults of one configuration (a run on reused models, a cold run) trained alike:
+    the same epoch history, accuracies, parameter counts, multiply-adds and confusion matrix."""
+    assert warm.history == cold.history
+    for key in ("train_accuracy", "val_accuracy", "test_accuracy", "params_total",
+                "params_trainable", "flops"):
+        assert warm.metrics[key] == cold.metrics[key], key
+    np.testing.assert_array_equal(warm.confusion, cold.confusion)
