@@ -1,0 +1,73 @@
+"""The tlbench sweeper: each job composed once, with the config Hydra's basic sweeper gives it."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import initialize_config_module
+from hydra._internal.callbacks import Callbacks
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
+from hydra.errors import ConfigCompositionException
+from hydra.types import HydraContext, RunMode
+from omegaconf import OmegaConf
+
+GRID = ["trainer.lr=0.1,0.2,0.1", "seed=0,1"]
+
+
+class CountingLoader:
+    """Hydra's config loader, counting the job configs it composes."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.composed = loader, 0
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        self.composed += 1
+        return self.loader.load_sweep_config(master_config, sweep_overrides)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+def sweep(tmp_path, grid: list[str], *hydra_overrides: str) -> tuple[list[dict], int]:
+    """Run the grid as Hydra does (its sweeper from the config, the in-process launcher) with a
+    task that records each job's config (its hydra.job and task overrides too); returns them
+    and how many job configs were composed."""
+    seen: list[dict] = []
+
+    def task(cfg) -> None:
+        hydra = HydraConfig.get()
+        seen.append(OmegaConf.to_container(cfg, resolve=True) | {
+            "hydra.job": OmegaConf.to_container(hydra.job, resolve=True),
+            "hydra.overrides.task": list(hydra.overrides.task)})
+
+    with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
+        loader = CountingLoader(GlobalHydra.instance().hydra.config_loader)
+        master = loader.load_configuration(
+            "config", [f"hydra.sweep.dir={tmp_path}", *hydra_overrides], RunMode.MULTIRUN)
+        context = HydraContext(config_loader=loader, callbacks=Callbacks())
+        Plugins.instance().instantiate_sweeper(
+            config=master, hydra_context=context, task_function=task).sweep(grid)
+    return seen, loader.composed
+
+
+def test_each_job_is_composed_once_into_the_basic_sweepers_config(tmp_path):
+    ours, composed = sweep(tmp_path, GRID)
+    basic, basic_composed = sweep(tmp_path, GRID, "hydra/sweeper=basic")
+    assert (composed, basic_composed) == (6, 12)
+    assert [(job["trainer"]["lr"], job["seed"]) for job in ours] == \
+        [(0.1, 0), (0.1, 1), (0.2, 0), (0.2, 1), (0.1, 0), (0.1, 1)]
+    assert ours == basic
+
+
+def test_jobs_beyond_keep_are_composed_again(tmp_path):
+    ours, composed = sweep(tmp_path, GRID, "hydra.sweeper.keep=2")
+    assert composed == 6 + 4
+    assert [(job["trainer"]["lr"], job["seed"]) for job in ours] == \
+        [(0.1, 0), (0.1, 1), (0.2, 0), (0.2, 1), (0.1, 0), (0.1, 1)]
+
+
+def test_a_bad_job_fails_the_sweep_before_any_job_runs(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="nope"):
+        sweep(tmp_path, ["backbone=mobilenetv2,nope"])
+    assert not list(tmp_path.glob("*/.hydra"))
