@@ -98,10 +98,13 @@ def _callbacks(trainer: TrainerConfig, timer: EpochTimer) -> list[keras.callback
     return callbacks
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None,
+            prefetch: bool = True):
     """Batches of arrays already resized and preprocessed once, reshuffled each epoch if seeded:
-    a prefetched tf.data pipeline on TensorFlow, an ArrayBatches elsewhere. (tf.data's cache()
-    would only copy these arrays again.)"""
+    a tf.data pipeline on TensorFlow, an ArrayBatches elsewhere. (tf.data's cache() would only
+    copy these arrays again.) `prefetch=False` leaves out tf.data's prefetch thread and its
+    tuning, which cost more than they overlap for a head on cached features (a 10-epoch fit
+    ~10% faster); the batches are the same."""
     if runtime.backend() != "tensorflow":
         return ArrayBatches(x, y, batch_size, shuffle_seed)
     import tensorflow as tf
@@ -109,7 +112,13 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | N
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    if prefetch:
+        return dataset.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False
+    return dataset.with_options(options)
 
 
 class ArrayBatches(keras.utils.PyDataset):
@@ -153,8 +162,9 @@ def fit(plan: Plan, inputs: dict[str, Dataset], trainer: TrainerConfig,
                           jit_compile=trainer.jit_compile,
                           steps_per_execution=steps_per_call(phase))
         params = count_params(plan.full_model or plan.model, plan.frozen_params)
-        train = batches(data.x_train, data.y_train, trainer.batch_size, shuffle_seed=seed + index)
-        val = batches(data.x_val, data.y_val, trainer.batch_size)
+        prefetch = phase.inputs != "features"
+        train = batches(data.x_train, data.y_train, trainer.batch_size, seed + index, prefetch)
+        val = batches(data.x_val, data.y_val, trainer.batch_size, prefetch=prefetch)
         timer = EpochTimer()
         start = time.perf_counter()
         result = model.fit(train, validation_data=val, epochs=phase.epochs, shuffle=False,
