@@ -15,7 +15,11 @@ weights (backbone.weights=null), 10 epochs, no early stopping, each with its own
    fit and evaluation: the base's recorded facts, building and adapting the head; a base built
    there, on a miss of those records, would count too), fit (train.fit), evaluation
    (train.evaluate), logging (tracked_run start/end, log_prepared, log_result, the confusion
-   matrix) and other (the rest of `run`: tags, strategy object).
+   matrix) and other (the rest of `run`: tags, strategy object). Then the run's total; Hydra's
+   composing of job configs (every composition of the process, the sweeper's validation and the
+   launcher's, over the number of jobs); the rest of the time between the end of the previous run
+   and the start of this one (Hydra's job folder, `.hydra/` files and logging set-up; the task's
+   config check, progress lines and job record); and their sum, per job.
 3. Grids (`--grid`): the same jobs with the cache on (starting empty) and with cache.enabled=false
    (the seed recipe: frozen base inside the model, fit on images), each side one process, run
    alternately. fe: mobilenetv2 + resnet50 x train_size 10/50/all x seeds 0/1/2 (18 runs);
@@ -48,6 +52,7 @@ from pathlib import Path
 COMMON = ["data=digits59", "backbone.weights=null", "backbone.input_size=32", "trainer.epochs=10",
           "trainer.patience=null", "tracking.experiment=overhead"]
 STAGES = ("resume check", "set-up", "features", "head", "fit", "evaluation", "logging", "other")
+TOTALS = ("total", "composing", "between jobs", "per job")
 LRS = ("0.001", "0.0011", "0.0012", "0.0013", "0.0014", "0.0015", "0.0016", "0.0017", "0.0018")
 
 
@@ -81,10 +86,13 @@ def instrument(out_path: str) -> None:
     def run(*args, **kwargs):
         current.clear()
         start = time.perf_counter()
+        between = start - runs[-1]["ended"] - composing[0] if runs else 0.0
+        composing[0] = 0.0
         try:
             return original_run(*args, **kwargs)
         finally:
-            runs.append(dict(current, total=time.perf_counter() - start))
+            ended = time.perf_counter()
+            runs.append(dict(current, total=ended - start, ended=ended, between=between))
 
     @contextlib.contextmanager
     def tracked_run(*args, **kwargs):
@@ -102,6 +110,26 @@ def instrument(out_path: str) -> None:
             manager.__exit__(None, None, None)
             current["logging"] += time.perf_counter() - start
 
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    composed: list[float] = []  # every job config Hydra composed, validating or launching
+    composing = [0.0]  # seconds of it since the last run started
+    original_compose = ConfigLoaderImpl.load_sweep_config
+
+    def load_sweep_config(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original_compose(*args, **kwargs)
+        finally:
+            composed.append(time.perf_counter() - start)
+            composing[0] += composed[-1]
+
+    def write() -> None:
+        for record in runs:
+            record["composing"] = sum(composed) / len(runs)
+        Path(out_path).write_text(json.dumps(runs))
+
+    ConfigLoaderImpl.load_sweep_config = load_sweep_config
     cli.run, track.tracked_run = run, tracked_run
     timed(store, "check_tracking_store", "resume check")
     timed(track, "finished_run", "resume check")
@@ -112,7 +140,7 @@ def instrument(out_path: str) -> None:
     timed(train, "evaluate", "evaluation")
     for name in ("log_prepared", "log_result", "log_confusion_matrix"):
         timed(track, name, "logging")
-    atexit.register(lambda: Path(out_path).write_text(json.dumps(runs)))
+    atexit.register(write)
     cli.main()
 
 
@@ -147,8 +175,11 @@ def stage_table(runs: list[dict]) -> dict[str, float]:
         row["head"] = run.get("strategy", 0.0) - inner
         row["other"] = run["total"] - sum(row[s] for s in STAGES if s != "other")
         row["total"] = run["total"]
+        row["composing"] = run["composing"]
+        row["between jobs"] = run["between"]
+        row["per job"] = run["total"] + run["composing"] + run["between"]
         rows.append(row)
-    return {key: statistics.mean(row[key] for row in rows) for key in (*STAGES, "total")}
+    return {key: statistics.mean(row[key] for row in rows) for key in (*STAGES, *TOTALS)}
 
 
 def marginal(work: Path, runs: int, repeats: int, codes: dict[str, str | None]) -> None:
@@ -174,9 +205,9 @@ def marginal(work: Path, runs: int, repeats: int, codes: dict[str, str | None]) 
     tables = {name: stage_table(rows) for name, rows in breakdowns.items()}
     print(f"\nper cached run (mean of {len(breakdowns[next(iter(codes))])} runs, mobilenetv2 32 "
           "px, 10 epochs):")
-    print(f"  {'stage':13s}" + "".join(f"{name:>10s}" for name in codes))
-    for stage in (*STAGES, "total"):
-        print(f"  {stage:13s}" + "".join(f"{tables[name][stage]:9.3f}s" for name in codes))
+    print(f"  {'stage':14s}" + "".join(f"{name:>10s}" for name in codes))
+    for stage in (*STAGES, *TOTALS):
+        print(f"  {stage:14s}" + "".join(f"{tables[name][stage]:9.3f}s" for name in codes))
     for name in codes:
         one, many = statistics.median(singles[name]), statistics.median(sweeps[name])
         print(f"{name}: marginal cached run ({many:.1f}s - {one:.1f}s) / {runs - 1} = "

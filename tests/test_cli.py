@@ -217,13 +217,18 @@ def test_installed_wheel_finds_its_configs(tmp_path):
     wheels = [str(path) for path in dist.glob("*.whl")]
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", *wheels],
                    check=True, capture_output=True, timeout=300)
-    where = subprocess.run([python, "-c", "import tlbench; print(tlbench.__file__)"], cwd=tmp_path,
-                           text=True, capture_output=True, check=True).stdout
-    assert where.startswith(str(venv)), where
+    for module in ("tlbench", "hydra_plugins.tlbench_sweeper"):
+        where = subprocess.run([python, "-c", f"import {module} as m; print(m.__file__)"],
+                               cwd=tmp_path, text=True, capture_output=True, check=True).stdout
+        assert where.startswith(str(venv)), where
     result = tlbench("backbone=resnet50", "strategy=partial_finetune", "--cfg", "job",
                      cwd=tmp_path, python=python)
     assert result.returncode == 0, result.stderr
     assert "name: resnet50" in result.stdout and "unfreeze_blocks: 1" in result.stdout
+    result = tlbench("-m", "seed=0,1", "dry_run=true", cwd=tmp_path, python=python,
+                     uri=f"sqlite:///{tmp_path}/mlflow.db")  # its sweeper, hydra/sweeper=tlbench
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "dry run: 2 to run, 0 to skip" in result.stdout
 
 
 def test_report_ranks_the_real_multirun(multirun, tmp_path):
