@@ -64,6 +64,7 @@ class KeptConfigs:
         return self.loader.load_sweep_config(master_config, sweep_overrides)
 
     def __getattr__(self, name: str) -> Any:
+        """Everything but job configs: Hydra's loader."""
         return getattr(self.loader, name)
 
 
@@ -79,6 +80,8 @@ class ComposeOnceSweeper(BasicSweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: Any,
               config: DictConfig) -> None:
+        """Set up as the basic sweeper; an in-process launcher then loads job configs through
+        the kept ones."""
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         if config.hydra.launcher._target_ == IN_PROCESS:
             self.configs = KeptConfigs(hydra_context.config_loader, self.keep)
