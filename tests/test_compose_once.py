@@ -60,9 +60,13 @@ def test_each_job_is_composed_once_into_the_basic_sweepers_config(tmp_path):
     assert ours == basic
 
 
-def test_jobs_beyond_keep_are_composed_again(tmp_path):
-    ours, composed = sweep(tmp_path, GRID, "hydra.sweeper.keep=2")
-    assert composed == 6 + 4
+@pytest.mark.parametrize(("options", "composed"), [
+    (["hydra.sweeper.keep=2"], 6 + 4),  # the jobs beyond the kept ones are composed again
+    (["hydra.sweeper.keep=2", "hydra.sweeper.max_batch_size=2"], 6),  # each batch kept whole
+])
+def test_kept_configs_are_bounded(tmp_path, options, composed):
+    ours, count = sweep(tmp_path, GRID, *options)
+    assert count == composed
     assert [(job["trainer"]["lr"], job["seed"]) for job in ours] == \
         [(0.1, 0), (0.1, 1), (0.2, 0), (0.2, 1), (0.1, 0), (0.1, 1)]
 
