@@ -86,8 +86,9 @@ def instrument(out_path: str) -> None:
     def run(*args, **kwargs):
         current.clear()
         start = time.perf_counter()
-        between = start - runs[-1]["ended"] - composing[0] if runs else 0.0
-        composing[0] = 0.0
+        nonlocal composing
+        between = start - runs[-1]["ended"] - composing if runs else 0.0
+        composing = 0.0
         try:
             return original_run(*args, **kwargs)
         finally:
@@ -113,7 +114,7 @@ def instrument(out_path: str) -> None:
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
     composed: list[float] = []  # every job config Hydra composed, validating or launching
-    composing = [0.0]  # seconds of it since the last run started
+    composing = 0.0  # seconds of it since the last run started
     original_compose = ConfigLoaderImpl.load_sweep_config
 
     def load_sweep_config(*args, **kwargs):
@@ -121,8 +122,9 @@ def instrument(out_path: str) -> None:
         try:
             return original_compose(*args, **kwargs)
         finally:
+            nonlocal composing
             composed.append(time.perf_counter() - start)
-            composing[0] += composed[-1]
+            composing += composed[-1]
 
     def write() -> None:
         for record in runs:

@@ -14,42 +14,30 @@ FAMILIES = ["mobilenet", "mobilenetv3small", "resnet50v2", "efficientnetv2b0", "
 STRATEGIES = ["feature_extraction", "partial_finetune", "full_retrain"]
 
 
-def sweep(tmp_path_factory, strategies: list[str]):
-    """One multirun over the families and `strategies`, into sqlite: its result and runs."""
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    """Every strategy on the six families, one multirun into sqlite: its result and runs."""
     workdir = tmp_path_factory.mktemp("families")
     uri = f"sqlite:///{workdir}/mlflow.db"
-    result = tlbench("-m", "backbone=" + ",".join(FAMILIES), "strategy=" + ",".join(strategies),
+    result = tlbench("-m", "backbone=" + ",".join(FAMILIES), "strategy=" + ",".join(STRATEGIES),
                      "data.classes=[5,6]", "data.train_size=2", "trainer.epochs=1",
                      "trainer.patience=null", "backbone.weights=null", cwd=workdir, uri=uri,
                      timeout=3600)
     return result, {r.info.run_name: r for r in runs_of(uri)}
 
 
-def check_all_finished(result, runs, strategies: list[str]) -> None:
-    """Exit 0 and one FINISHED run per family and strategy."""
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(runs) == sorted(f"{b}-{s}-n2-s0" for b in FAMILIES for s in strategies)
-    assert {r.info.status for r in runs.values()} == {"FINISHED"}
-
-
-def trainable_counts(runs, backbone: str, strategies: list[str]) -> list[float]:
-    """The run's trainable parameter counts, in the order of `strategies`."""
-    return [runs[f"{backbone}-{s}-n2-s0"].data.metrics["params_trainable"] for s in strategies]
-
-
-@pytest.fixture(scope="module")
-def families(tmp_path_factory):
-    """Every strategy on the six families, one multirun."""
-    return sweep(tmp_path_factory, STRATEGIES)
-
-
 def test_every_family_finishes_every_strategy(families):
-    check_all_finished(*families, STRATEGIES)
+    result, runs = families
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(runs) == sorted(f"{b}-{s}-n2-s0" for b in FAMILIES for s in STRATEGIES)
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
 
 
 @pytest.mark.parametrize("backbone", FAMILIES)
 def test_trainable_counts_rise_from_head_to_partial_to_full(families, backbone):
-    head, partial, full = trainable_counts(families[1], backbone, STRATEGIES)
+    runs = families[1]
+    head, partial, full = (runs[f"{backbone}-{s}-n2-s0"].data.metrics["params_trainable"]
+                           for s in STRATEGIES)
     assert head < partial < full
 
 
