@@ -170,3 +170,29 @@ def test_batches_without_prefetch_are_the_same_batches():
 
     assert epochs(False) == epochs(True)
     assert epochs(False)[0] != epochs(False)[1] != list(range(70))  # reshuffled each epoch
+
+
+def test_only_a_run_after_another_collects_garbage(tiny_config, monkeypatch):
+    """The first run of a process freezes what is imported without a full collection (0.4 s);
+    each later run collects what earlier runs left, then freezes again."""
+    import gc
+
+    from tlbench import runtime
+
+    collections: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    monkeypatch.setattr(runtime, "CONFIGURED_RUNS", 0)  # as in a fresh process
+    gc.disable()  # no automatic collections: any counted one is the run's own
+    gc.callbacks.append(count)
+    try:
+        configure_runtime(tiny_config().trainer, seed=0, threads=None)
+        assert collections == [] and gc.get_freeze_count() > 0
+        configure_runtime(tiny_config().trainer, seed=0, threads=None)
+        assert collections == [2]
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable()
