@@ -434,3 +434,30 @@ def test_digits_and_shapes_fingerprints_and_splits_are_unchanged():
 
 DIGITS59_FINGERPRINT = "40ba03d37fdd0322"
 SHAPES_FINGERPRINT = "748bb24a880b6554"
+
+
+# --- loaded once per process ---------------------------------------------------------------------
+
+def test_a_source_is_loaded_once_for_runs_that_differ_in_their_splits_only(caplog):
+    from tlbench.data import load_source
+
+    with caplog.at_level(logging.INFO, logger="tlbench"):
+        first = load_source(data_config("digits", input_size=32))
+        lines = len(caplog.records)
+        again = load_source(data_config("digits", input_size=32, train_size="10", split_seed=3))
+    assert again is first and lines > 0  # "data digits: ... upscaled" for each run
+    assert [r.getMessage() for r in caplog.records[lines:]] == \
+        [r.getMessage() for r in caplog.records[:lines]]
+    with pytest.raises(ValueError, match="read-only"):
+        first.labels[0] = 1  # shared by later runs
+    assert load_source(data_config("digits", input_size=32, classes=[5, 6])) is not first
+
+
+def test_an_edited_folder_is_loaded_again(tmp_path):
+    from tlbench.data import load_source
+
+    image_folder(tmp_path, per_class=4)
+    first = load_source(folder_cfg(tmp_path))
+    assert load_source(folder_cfg(tmp_path)) is first
+    write_image(tmp_path / "cat" / "new.png")
+    assert len(load_source(folder_cfg(tmp_path)).labels) == len(first.labels) + 1
