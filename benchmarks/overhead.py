@@ -1,7 +1,8 @@
 """What a cached run costs beyond its training: per-run breakdown, marginal run, grid ratios.
 
     python benchmarks/overhead.py [--runs 6] [--repeats 3] [--grid none|quick|fe|pf|all]
-                                  [--against DIR]
+                                  [--against DIR] [--variant OVERRIDE...]
+                                  [--common OVERRIDE...]
 
 Every figure is whole processes of `python -m tlbench -m ...` on digits59 at 32 px, random
 weights (backbone.weights=null), 10 epochs, no early stopping, each with its own sqlite store.
@@ -31,7 +32,12 @@ weights (backbone.weights=null), 10 epochs, no early stopping, each with its own
 `--against DIR` (a folder holding another `tlbench` package, e.g. a copy of an older commit's
 `tlbench/` with `conf/` and `sweeps/` copied into it) runs sections 1 and 2 for that code too, on
 PYTHONPATH, interleaved process by process with this checkout's, and section 3's cached grid
-(against the same seed recipe run, this checkout's): a before/after comparison.
+(against the same seed recipe run, this checkout's): a before/after comparison. `--variant
+OVERRIDE...` does the same for this checkout with those overrides added to every job (e.g.
+`trainer.threads=1`); the seed recipe run gets them too, so each variant's ratio is like for like.
+`--common OVERRIDE...` adds overrides to every job of every side, replacing the settings above
+they name (e.g. `backbone=resnet50 backbone.weights=PATH`, a weights file instead of random
+weights).
 
 The machine is shared: compare ratios taken in the same invocation, not absolute seconds.
 """
@@ -53,6 +59,7 @@ COMMON = ["data=digits59", "backbone.weights=null", "backbone.input_size=32", "t
           "trainer.patience=null", "tracking.experiment=overhead"]
 STAGES = ("resume check", "set-up", "features", "head", "fit", "evaluation", "logging", "other")
 TOTALS = ("total", "composing", "between jobs", "per job")
+GIVEN: list[str] = []  # --common: in every job, in place of the settings of the same keys
 LRS = ("0.001", "0.0011", "0.0012", "0.0013", "0.0014", "0.0015", "0.0016", "0.0017", "0.0018")
 
 
@@ -155,6 +162,8 @@ def tlbench(args: list[str], folder: Path, breakdown: bool = False,
     instrumented, the per-run stage seconds."""
     folder.mkdir(parents=True)
     stages = folder / "stages.json"
+    given = {override.split("=")[0] for override in GIVEN}
+    args = [o for o in args if o.split("=")[0] not in given] + GIVEN
     command = [sys.executable, __file__, "--child", str(stages)] if breakdown else \
         [sys.executable, "-m", "tlbench"]
     command += ["-m", *args, f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
@@ -184,9 +193,12 @@ def stage_table(runs: list[dict]) -> dict[str, float]:
     return {key: statistics.mean(row[key] for row in rows) for key in (*STAGES, *TOTALS)}
 
 
-def marginal(work: Path, runs: int, repeats: int, codes: dict[str, str | None]) -> None:
+Side = tuple[str | None, tuple[str, ...]]  # a tlbench package folder (None: this one), overrides
+
+
+def marginal(work: Path, runs: int, repeats: int, codes: dict[str, Side]) -> None:
     """Sections 1 and 2: the N-run and 1-run cached sweeps, interleaved (and, with several
-    codes, interleaved between them too)."""
+    sides, interleaved between them too)."""
     job = [*COMMON, "backbone=mobilenetv2", "strategy=feature_extraction", "data.train_size=all",
            f"cache.dir={work / 'cache'}"]
     tlbench([*job, "trainer.lr=0.001"], work / "fill")  # fills the cache, untimed
@@ -194,11 +206,11 @@ def marginal(work: Path, runs: int, repeats: int, codes: dict[str, str | None]) 
     sweeps: dict[str, list[float]] = {name: [] for name in codes}
     breakdowns: dict[str, list[dict]] = {name: [] for name in codes}
     for repeat in range(repeats):
-        for name, code in codes.items():
+        for name, (code, extra) in codes.items():
             folder = work / name
-            singles[name].append(tlbench([*job, "trainer.lr=0.001"], folder / f"one-{repeat}",
-                                         code=code)[0])
-            seconds, stages = tlbench([*job, "trainer.lr=" + ",".join(LRS[:runs])],
+            singles[name].append(tlbench([*job, *extra, "trainer.lr=0.001"],
+                                         folder / f"one-{repeat}", code=code)[0])
+            seconds, stages = tlbench([*job, *extra, "trainer.lr=" + ",".join(LRS[:runs])],
                                       folder / f"many-{repeat}", breakdown=True, code=code)
             sweeps[name].append(seconds)
             breakdowns[name] += stages[1:]
@@ -228,7 +240,8 @@ def grid_floor(work: Path, store: Path) -> tuple[float, float]:
     """Process start + TensorFlow import, and the cached grid's forward passes + steady epochs."""
     start_s, _ = tlbench([*COMMON, "dry_run=true"], work / "floor-dry")
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import tensorflow, keras"], check=True)
+    subprocess.run([sys.executable, "-c", "import tensorflow, keras"], check=True,
+                   capture_output=True)
     start_s += time.perf_counter() - started
     from mlflow.tracking import MlflowClient
 
@@ -241,18 +254,21 @@ def grid_floor(work: Path, store: Path) -> tuple[float, float]:
     return start_s, work_s
 
 
-def grid(work: Path, name: str, codes: dict[str, str | None]) -> None:
-    """Section 3: the grid cached (empty cache) with each code, then as the seed recipe (this
-    checkout's), one process each."""
+def grid(work: Path, name: str, codes: dict[str, Side]) -> None:
+    """Section 3: the grid cached (empty cache) with each side, then as the seed recipe (this
+    checkout's, once per set of overrides), one process each."""
     strategy, backbones, sizes, seeds = GRIDS[name]
     jobs = [*COMMON, f"strategy={strategy}", f"backbone={backbones}",
             f"data.train_size={sizes}", f"seed={seeds}"]
     n = len(backbones.split(",")) * len(sizes.split(",")) * len(seeds.split(","))
-    cached = {code: tlbench([*jobs, f"cache.dir={work / name / code / 'cache'}"],
+    cached = {code: tlbench([*jobs, *extra, f"cache.dir={work / name / code / 'cache'}"],
                             work / name / code / "cached", code=path)[0]
-              for code, path in codes.items()}
-    recipe, _ = tlbench([*jobs, "cache.enabled=false"], work / name / "recipe")
+              for code, (path, extra) in codes.items()}
+    recipes = {extra: tlbench([*jobs, *extra, "cache.enabled=false"],
+                              work / name / f"recipe-{index}")[0]
+               for index, extra in enumerate(dict.fromkeys(e for _, e in codes.values()))}
     for code, seconds in cached.items():
+        recipe = recipes[codes[code][1]]
         print(f"\ngrid {name} ({strategy}, {n} runs): seed recipe {recipe:.1f}s, tlbench "
               f"({code}) {seconds:.1f}s, speed-up {recipe / seconds:.2f}x", flush=True)
         if strategy == "feature_extraction":
@@ -276,11 +292,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--grid", default="none", help="none, quick, fe, pf or all (fe and pf)")
     parser.add_argument("--against", help="folder with another tlbench package, compared")
+    parser.add_argument("--variant", nargs="+", metavar="OVERRIDE",
+                        help="this checkout with these overrides added, compared")
+    parser.add_argument("--common", nargs="+", metavar="OVERRIDE", default=[],
+                        help="overrides added to every job")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    GIVEN.extend(args.common)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        codes = {"this": None} | ({"against": args.against} if args.against else {})
+        codes: dict[str, Side] = {"this": (None, ())}
+        if args.against:
+            codes["against"] = (args.against, ())
+        if args.variant:
+            codes["variant"] = (None, tuple(args.variant))
+            print(f"variant: this checkout with {' '.join(args.variant)}", flush=True)
         if args.repeats:
             marginal(work, args.runs, args.repeats, codes)
         for name in {"none": [], "all": ["fe", "pf"]}.get(args.grid, [args.grid]):
