@@ -84,14 +84,24 @@ def test_packaged_sweep_grid_and_every_value_validate(name):
 
 
 def test_failed_job_is_recorded_and_the_sweep_continues(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = tlbench("-m", *VGG_TINY, "data.train_size=500,5", cwd=tmp_path, uri=uri)
+    uri, folder = f"sqlite:///{tmp_path}/mlflow.db", f"hydra.sweep.dir={tmp_path}/sweep"
+    result = tlbench("-m", *VGG_TINY, "data.train_size=500,5", folder, cwd=tmp_path, uri=uri)
     assert result.returncode != 0
     assert "1 done, 0 skipped (already FINISHED), 1 failed" in result.stdout
     assert "FAILED vgg16-feature_extraction-n500-s0: data.train_size=500" in result.stdout
     status = {run.info.run_name: run.info.status for run in runs_of(uri)}
     assert status == {"vgg16-feature_extraction-n500-s0": "FAILED",
                       "vgg16-feature_extraction-n5-s0": "FINISHED"}
+    # Launched again into the same folder: the earlier launch's failure is not this one's.
+    for extra in (["dry_run=true"], []):
+        again = tlbench("-m", *VGG_TINY, "data.train_size=5,4", folder, *extra, cwd=tmp_path,
+                        uri=uri)
+        assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 done, 1 skipped (already FINISHED), 0 failed" in again.stdout
+    client = MlflowClient(uri)
+    parents = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id],
+                                 "tags.`tlbench.kind` = 'sweep'", order_by=["start_time"])
+    assert [run.info.status for run in parents] == ["FAILED", "FINISHED"]
 
 
 def wait_for(condition, timeout: float, every: float = 0.5) -> None:

@@ -1,7 +1,9 @@
 """Sweep bookkeeping: ready grids from sweeps/, a stable sweep id, progress, ETA and the summary.
 
 Each job appends one JSON line to `<sweep dir>/tlbench_jobs.jsonl`; progress lines and the final
-summary are read from it, so they work with any launcher that shares the sweep folder.
+summary are read from it, so they work with any launcher that shares the sweep folder. A launch
+into a folder that has one (a fixed `hydra.sweep.dir`, run again) first appends a launch line:
+only the jobs after the last one count.
 
 A multirun is also a parent MLflow run (tags `sweep_id`, `tlbench.kind=sweep`), created by the
 launching process before any job; each job's run names it in `mlflow.parentRunId`, so MLflow's UI
@@ -33,6 +35,7 @@ from tlbench.errors import TlbenchError
 log = logging.getLogger("tlbench")
 
 JOBS_FILE = "tlbench_jobs.jsonl"
+LAUNCH = '{"launch":'  # how a launch line starts
 NOTE = "mlflow.note.content"  # a run's description in MLflow's UI
 NOT_IDENTITY = ("tracking.", "dry_run", "trainer.verbose", "hydra.", "hydra/")
 
@@ -135,14 +138,26 @@ def record_job(sweep: SweepInfo, name: str, status: str, seconds: float, **extra
 
 
 def read_jobs(folder: Path) -> list[dict]:
-    """Every well-formed job outcome recorded so far in a sweep folder; a malformed line (a
-    half-written append, a hand edit) is skipped, since progress must never fail a job."""
+    """Every well-formed job outcome the current launch recorded so far in a sweep folder (those
+    after its last launch line); a malformed line (a half-written append, a hand edit) is
+    skipped, since progress must never fail a job."""
     path = folder / JOBS_FILE
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return []
-    return [job for job in map(_job_of, lines) if job is not None]
+    launches = [index for index, line in enumerate(lines) if line.startswith(LAUNCH)]
+    return [job for job in map(_job_of, lines[launches[-1] + 1 if launches else 0:])
+            if job is not None]
+
+
+def mark_launch(folder: Path) -> None:
+    """Start a new launch in a sweep folder that already has a jobs file, so that its progress,
+    summary, parent run and exit status leave the earlier launches' jobs out."""
+    path = folder / JOBS_FILE
+    if path.is_file():
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(f'{LAUNCH} "{time.strftime("%Y-%m-%dT%H:%M:%S")}"}}\n')
 
 
 def _job_of(line: str) -> dict | None:
@@ -260,6 +275,7 @@ class SweepCallback(Callback):
         except TlbenchError as exc:  # Hydra would only warn and launch every job into it
             raise SystemExit(f"tlbench: error: {exc}") from None
         SweepCallback.folder = Path(config.hydra.sweep.dir).resolve()
+        mark_launch(SweepCallback.folder)
         if not config.get("dry_run"):
             SweepCallback.parent = start_parent(config, SweepCallback.folder)
 
