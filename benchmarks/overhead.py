@@ -217,7 +217,8 @@ def marginal(work: Path, runs: int, repeats: int, codes: dict[str, Side]) -> Non
             print(f"{name} repeat {repeat}: 1 run {singles[name][-1]:.1f}s, {runs} runs "
                   f"{seconds:.1f}s", flush=True)
     tables = {name: stage_table(rows) for name, rows in breakdowns.items()}
-    print(f"\nper cached run (mean of {len(breakdowns[next(iter(codes))])} runs, mobilenetv2 32 "
+    backbone = [o for o in [*job, *GIVEN] if o.startswith("backbone=")][-1].split("=")[1]
+    print(f"\nper cached run (mean of {len(breakdowns[next(iter(codes))])} runs, {backbone} 32 "
           "px, 10 epochs):")
     print(f"  {'stage':14s}" + "".join(f"{name:>10s}" for name in codes))
     for stage in (*STAGES, *TOTALS):
