@@ -438,9 +438,13 @@ SHAPES_FINGERPRINT = "748bb24a880b6554"
 
 # --- loaded once per process ---------------------------------------------------------------------
 
-def test_a_source_is_loaded_once_for_runs_that_differ_in_their_splits_only(caplog):
+def test_a_source_is_loaded_once_for_runs_that_differ_in_their_splits_only(caplog, monkeypatch):
+    from collections import OrderedDict
+
+    from tlbench import data
     from tlbench.data import load_source
 
+    monkeypatch.setattr(data, "LOADED", OrderedDict())  # as in a fresh process
     with caplog.at_level(logging.INFO, logger="tlbench"):
         first = load_source(data_config("digits", input_size=32))
         lines = len(caplog.records)
