@@ -26,8 +26,9 @@ NOISE = ("All log messages before absl::InitializeLog() is called",
 def import_keras() -> None:
     """Import Keras once, and with it its backend, without TensorFlow's noise (a user's
     TF_CPP_MIN_LOG_LEVEL wins). Where IPython is installed but not running, Keras would import
-    it (0.9 s here) for its file editor's notebook display; it is kept out of that import, and
-    importable again afterwards. In a notebook IPython is loaded already, and Keras gets it."""
+    it (0.6 s a process here) for its file editor's notebook display; it is kept out of that
+    import, and importable again afterwards. In a notebook IPython is loaded already, and Keras
+    gets it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" in sys.modules:
         return
