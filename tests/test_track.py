@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,14 @@ from mlflow.tracking import MlflowClient
 from tlbench.errors import TlbenchError
 from tlbench.identity import config_hash, flatten
 from tlbench.store import check_tracking_store, ensure_experiment, resolve_tracking_uri
-from tlbench.track import confusion_figure, log_confusion_matrix, log_dataset_input, tracked_run
+from tlbench.track import (
+    Terminated,
+    confusion_figure,
+    log_confusion_matrix,
+    log_dataset_input,
+    terminate_as_exception,
+    tracked_run,
+)
 
 
 def test_uri_precedence(monkeypatch, tmp_path):
@@ -200,3 +208,20 @@ def test_the_logged_heatmap_has_the_pixels_savefig_writes(tmp_path, tiny_config)
     confusion_figure(matrix, names).savefig(saved, format="png")
     logged, written = np.asarray(Image.open(path)), np.asarray(Image.open(saved))
     assert logged.shape == (400, 400, 4) and np.array_equal(logged, written)
+
+
+class SignalsInItsFinalizer:
+    """Sends this process SIGTERM from `__del__`, where Python ignores what the handler raises."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+
+
+def test_a_sigterm_ignored_in_a_finalizer_is_raised_after_it():
+    before = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+    started = time.monotonic()
+    with pytest.raises(Terminated) as caught, terminate_as_exception():
+        SignalsInItsFinalizer()  # collected at once: its Terminated is raised and ignored there
+        time.sleep(10)
+    assert caught.value.code == 128 + signal.SIGTERM and time.monotonic() - started < 5
+    assert (signal.getsignal(signal.SIGTERM), sys.unraisablehook) == before

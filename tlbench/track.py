@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import platform
+import queue
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -157,21 +159,50 @@ def heartbeat(uri: str, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterat
 @contextlib.contextmanager
 def terminate_as_exception() -> Iterator[None]:
     """Inside the block, SIGTERM and SIGHUP raise Terminated (so the run can end KILLED) instead
-    of ending the process on the spot; outside the main thread, signals are left alone."""
+    of ending the process on the spot; outside the main thread, signals are left alone.
+
+    A signal that lands in a finalizer (`__del__`, a weakref callback) raises there, where Python
+    ignores the exception: a thread then sends it again, to be raised once the finalizer is done."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    ignored: queue.SimpleQueue[int | None] = queue.SimpleQueue()  # put() is safe in finalizers
+    in_hook = False
 
     def handler(signum, _frame):
+        if in_hook:  # raised here, it would be ignored too
+            ignored.put(signum)
+            return
         raise Terminated(128 + signum)
+
+    def resend_if_ignored(unraisable) -> None:
+        nonlocal in_hook
+        in_hook = True
+        if isinstance(unraisable.exc_value, Terminated):
+            ignored.put(unraisable.exc_value.code - 128)
+        else:
+            previous_hook(unraisable)
+        in_hook = False
+
+    def resend() -> None:
+        while (signum := ignored.get()) is not None:
+            os.kill(os.getpid(), signum)
 
     previous = {number: signal.signal(number, handler)
                 for number in (signal.SIGTERM, signal.SIGHUP)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, resend_if_ignored
+    resender = threading.Thread(target=resend, name="resend-ignored-signals", daemon=True)
+    resender.start()
     try:
         yield
     finally:
-        for number, old in previous.items():
-            signal.signal(number, old)
+        ignored.put(None)
+        try:
+            resender.join()  # a signal sent again is raised here at the latest
+        finally:
+            sys.unraisablehook = previous_hook
+            for number, old in previous.items():
+                signal.signal(number, old)
 
 
 @contextlib.contextmanager
