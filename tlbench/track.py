@@ -162,7 +162,8 @@ def terminate_as_exception() -> Iterator[None]:
     of ending the process on the spot; outside the main thread, signals are left alone.
 
     A signal that lands in a finalizer (`__del__`, a weakref callback) raises there, where Python
-    ignores the exception: a thread then sends it again, to be raised once the finalizer is done."""
+    ignores the exception: a thread then sends it to the main thread again, to be raised once the
+    finalizer is done."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -186,7 +187,7 @@ def terminate_as_exception() -> Iterator[None]:
 
     def resend() -> None:
         while (signum := ignored.get()) is not None:
-            os.kill(os.getpid(), signum)
+            signal.pthread_kill(threading.main_thread().ident, signum)  # wakes it from a wait
 
     previous = {number: signal.signal(number, handler)
                 for number in (signal.SIGTERM, signal.SIGHUP)}
