@@ -12,8 +12,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tlbench.report.__main__ import main as report_main
-from tlbench.store import SWEEP_KIND, ensure_experiment
-from tlbench.sweep import open_parent_run
+from tlbench.store import OPEN_PARENTS, SWEEP_KIND, ensure_experiment
+from tlbench.sweep import SweepCallback, open_parent_run
 from tlbench.track import tracked_run
 
 PARENT = "mlflow.parentRunId"
@@ -89,3 +89,25 @@ def test_jobs_join_only_a_running_parent_which_stale_checks_never_kill(tmp_path,
     with tracked_run(tiny_config("seed=1"), uri, {"sweep_id": "sweep-x"}) as single:
         pass  # a single run whose overrides match a finished multirun's stays on its own
     assert PARENT not in client.get_run(single).data.tags
+
+
+def test_jobs_of_a_sweep_this_process_opened_find_its_parent_without_a_search(
+        tmp_path, tiny_config, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, "tlbench")
+    parent = open_parent_run(client, experiment_id, "sweep-y", "python -m tlbench -m seed=0,1")
+    OPEN_PARENTS[(uri, experiment_id, "sweep-y")] = parent  # as start_parent records it
+    queries: list[str] = []
+    search = MlflowClient.search_runs
+    monkeypatch.setattr(MlflowClient, "search_runs", lambda self, *args, **kwargs: (
+        queries.append(str(args) + str(kwargs)), search(self, *args, **kwargs))[1])
+    with tracked_run(tiny_config(), uri, {"sweep_id": "sweep-y"}) as child:
+        pass
+    assert client.get_run(child).data.tags[PARENT] == parent
+    assert not [query for query in queries if "sweep_id" in query]
+    monkeypatch.setattr(SweepCallback, "parent", (uri, parent))
+    monkeypatch.setattr(SweepCallback, "folder", tmp_path)
+    SweepCallback.end_parent(completed=True)
+    assert (uri, experiment_id, "sweep-y") not in OPEN_PARENTS
+    assert client.get_run(parent).info.status == "FINISHED"

@@ -18,12 +18,18 @@ from mlflow.tracking import MlflowClient
 
 from tlbench.errors import TlbenchError
 from tlbench.identity import config_hash, flatten
-from tlbench.store import check_tracking_store, ensure_experiment, resolve_tracking_uri
+from tlbench.store import (
+    check_tracking_store,
+    ensure_experiment,
+    experiment_id,
+    resolve_tracking_uri,
+)
 from tlbench.track import (
     Terminated,
     confusion_figure,
     log_confusion_matrix,
     log_dataset_input,
+    log_result,
     terminate_as_exception,
     tracked_run,
 )
@@ -151,6 +157,51 @@ def test_run_description_says_how_it_ended(tmp_path, tiny_config):
         "FINISHED: test accuracy 0.8125"
     assert client.get_run(failed).data.tags["mlflow.note.content"] == \
         "FAILED: ValueError: the reason"
+
+
+def counted(monkeypatch, method: str) -> list[int]:
+    """Count the calls of an MlflowClient method, which still does its work."""
+    calls: list[int] = []
+    original = getattr(MlflowClient, method)
+    monkeypatch.setattr(MlflowClient, method, lambda self, *args, **kwargs: (
+        calls.append(1), original(self, *args, **kwargs))[1])
+    return calls
+
+
+def test_a_run_that_logged_its_result_ends_with_no_more_reads(tmp_path, tiny_config,
+                                                               monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    reads = counted(monkeypatch, "get_run")
+    with tracked_run(tiny_config(), uri, {}) as finished:
+        log_result(uri, finished, {"test_accuracy": 0.75}, [], {})
+    assert not reads
+    with pytest.raises(ValueError), tracked_run(tiny_config("seed=1"), uri, {}) as failed:
+        log_result(uri, failed, {"test_accuracy": 0.5}, [], {})
+        raise ValueError("after the result")
+    notes = {run_id: client.get_run(run_id).data.tags["mlflow.note.content"]
+             for run_id in (finished, failed)}
+    assert notes == {finished: "FINISHED: test accuracy 0.7500",
+                     failed: "FAILED: ValueError: after the result"}
+
+
+def test_a_store_is_opened_once_per_process(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    opened = counted(monkeypatch, "search_experiments")
+    check_tracking_store(uri)
+    check_tracking_store(uri)
+    assert len(opened) == 1 and (tmp_path / "mlflow.db").exists()
+
+
+def test_an_experiment_is_looked_up_once_per_process(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    lookups = counted(monkeypatch, "get_experiment_by_name")
+    assert experiment_id(MlflowClient(uri), "once") is None  # not remembered while missing
+    created = ensure_experiment(MlflowClient(uri), "once")
+    assert ensure_experiment(MlflowClient(uri), "once") == created == \
+        experiment_id(MlflowClient(uri), "once") == \
+        MlflowClient(uri).get_experiment_by_name("once").experiment_id
+    assert len(lookups) == 3  # missing, missing before creating it, then the check above
 
 
 def test_keyboard_interrupt_ends_killed(tmp_path, tiny_config):

@@ -24,6 +24,13 @@ HTTP_CHECK_SECONDS = 5
 OUTAGE_SECONDS = 120  # a sweep's job waits this long for its tracking server (a restart)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs
 KIND_TAG, SWEEP_KIND = "tlbench.kind", "sweep"  # the parent run of a multirun
+OPENED_STORES: set[str] = set()
+"""The sqlite URIs this process has opened as MLflow stores (MLflow keeps one engine per URI)."""
+EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
+"""Experiment ids by tracking URI and name, as found in this process."""
+OPEN_PARENTS: dict[tuple[str, str, str], str] = {}
+"""The RUNNING parent run of each sweep this process launched, by tracking URI, experiment id
+and sweep id (set when it is opened, removed when it ends)."""
 _USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*):[^@/\s]*@")
 log = logging.getLogger("tlbench")
 
@@ -42,12 +49,14 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 def check_tracking_store(uri: str, wait: float = 0.0) -> None:
     """Fail in seconds, before any training, if the store cannot be written or reached (a new
-    sqlite store gets its tables here, one process at a time); a tracking server that does not
-    answer is given `wait` seconds more (a sweep's job waits out a server restart)."""
+    sqlite store gets its tables here, one process at a time; a sqlite store is opened once per
+    process); a tracking server that does not answer is given `wait` seconds more (a sweep's job
+    waits out a server restart)."""
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         _check_sqlite_location(path, uri)
-        _create_sqlite_schema_once(path, uri)
+        if uri not in OPENED_STORES:
+            _create_sqlite_schema_once(path, uri)
     elif uri.startswith(("http://", "https://")):
         _check_server(uri, wait)
 
@@ -75,6 +84,7 @@ def _create_sqlite_schema_once(path: Path, uri: str) -> None:
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
         MlflowClient(uri).search_experiments(max_results=1)
+        OPENED_STORES.add(uri)
     except (MlflowException, SQLAlchemyError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise TlbenchError(
@@ -105,27 +115,45 @@ def _check_server(uri: str, wait: float) -> None:
         time.sleep(2)
 
 
+def experiment_id(client: MlflowClient, name: str) -> str | None:
+    """The id of the experiment of this name, or None while there is none; once found, it is
+    remembered for the process (a sweep's runs looked it up twice each, 2 ms a request)."""
+    key = (client.tracking_uri, name)
+    if key not in EXPERIMENT_IDS:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            return None
+        EXPERIMENT_IDS[key] = experiment.experiment_id
+    return EXPERIMENT_IDS[key]
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The experiment's id, creating it once even when several workers start together; tagged
     as model training, so MLflow's UI opens it on the runs table (not the GenAI overview)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
+    found = experiment_id(client, name)
+    if found is not None:
+        return found
     try:
-        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+        created = client.create_experiment(name, tags=EXPERIMENT_KIND)
     except MlflowException:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
+        found = experiment_id(client, name)  # another worker created it first
+        if found is None:
             raise
-        return experiment.experiment_id
+        return found
+    EXPERIMENT_IDS[(client.tracking_uri, name)] = created
+    return created
 
 
 def sweep_parent_id(client, experiment_id: str, sweep_id: str | None,
                     status: str | None = None) -> str | None:
     """The run id of the sweep's parent run (the oldest, should two launchers race), optionally
-    only while it has this status; None when there is none or `sweep_id` is None."""
+    only while it has this status; None when there is none or `sweep_id` is None. A parent this
+    process opened (`OPEN_PARENTS`) is known without a search."""
     if not sweep_id or "'" in sweep_id:
         return None
+    opened = OPEN_PARENTS.get((client.tracking_uri, experiment_id, sweep_id))
+    if opened is not None and status in (None, "RUNNING"):
+        return opened
     query = f"tags.sweep_id = '{sweep_id}' and tags.`{KIND_TAG}` = '{SWEEP_KIND}'"
     if status:
         query += f" and attributes.status = '{status}'"

@@ -291,7 +291,11 @@ class SweepCallback(Callback):
             return
         from mlflow.tracking import MlflowClient
 
+        from tlbench.store import OPEN_PARENTS
+
         (uri, run_id), cls.parent = cls.parent, None
+        for key in [key for key, value in OPEN_PARENTS.items() if value == run_id]:
+            del OPEN_PARENTS[key]
         jobs = read_jobs(cls.folder)
         status = parent_status(jobs, completed)
         client = MlflowClient(uri)
@@ -332,7 +336,7 @@ def start_parent(config: DictConfig, folder: Path) -> tuple[str, str]:
     """Open the multirun's parent run in the launching process: (tracking URI, run id)."""
     from mlflow.tracking import MlflowClient
 
-    from tlbench.store import ensure_experiment, resolve_tracking_uri
+    from tlbench.store import OPEN_PARENTS, ensure_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(config.tracking.uri)
     client = MlflowClient(uri)
@@ -340,5 +344,6 @@ def start_parent(config: DictConfig, folder: Path) -> tuple[str, str]:
     sweep_id = multirun_sweep_id(_sweep_overrides(config.hydra), folder)
     command = " ".join(["python -m tlbench -m", *config.hydra.overrides.task])
     run_id = open_parent_run(client, experiment_id, sweep_id, command)
+    OPEN_PARENTS[(client.tracking_uri, experiment_id, sweep_id)] = run_id  # its jobs need no search
     log.info("sweep %s: parent MLflow run %s", sweep_id, run_id)
     return uri, run_id

@@ -31,7 +31,7 @@ from tlbench import __version__, runtime
 from tlbench.config import RunConfig
 from tlbench.errors import last_line
 from tlbench.identity import config_hash, flatten, identity
-from tlbench.store import ensure_experiment, redact, sweep_parent_id
+from tlbench.store import ensure_experiment, experiment_id, redact, sweep_parent_id
 
 if TYPE_CHECKING:
     from tlbench.prepare import Prepared
@@ -41,6 +41,8 @@ HEARTBEAT_SECONDS = 30  # a RUNNING run refreshes its `heartbeat` tag this often
 STALE_SECONDS = 10 * HEARTBEAT_SECONDS  # ... and is taken for dead after this long without one
 MAX_FIGURE_CLASSES = 60  # above this, the confusion matrix is logged as CSV only
 NOTE = "mlflow.note.content"  # the run's description in MLflow's UI
+NOTED_RUNS: set[str] = set()
+"""Runs of this process whose finished note `log_result` has logged (tracked_run then skips it)."""
 log = logging.getLogger("tlbench")
 
 
@@ -80,11 +82,11 @@ def _runs_of_config(client: MlflowClient, experiment_id: str, digest: str, statu
 def finished_run(uri: str, config: RunConfig, digest: str | None = None):
     """A FINISHED run of this config (config_hash `digest`, computed if not given), or None."""
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    experiment = experiment_id(client, config.tracking.experiment)
     if experiment is None:
         return None
     digest = digest or config_hash(config)
-    runs = _runs_of_config(client, experiment.experiment_id, digest, "FINISHED")
+    runs = _runs_of_config(client, experiment, digest, "FINISHED")
     return runs[0] if runs else None
 
 
@@ -238,6 +240,7 @@ def tracked_run(config: RunConfig, uri: str, tags: dict[str, str], digest: str |
             ])
             yield run_id
     except BaseException as exc:
+        NOTED_RUNS.discard(run_id)
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         error = _error_tag(exc)
         client.log_batch(run_id, tags=[mlflow.entities.RunTag("error", error),
@@ -245,7 +248,9 @@ def tracked_run(config: RunConfig, uri: str, tags: dict[str, str], digest: str |
                          metrics=_metrics(getattr(exc, "metrics", {})))
         client.set_terminated(run_id, status)
         raise
-    client.set_tag(run_id, NOTE, finished_note(client.get_run(run_id).data.metrics))
+    if run_id not in NOTED_RUNS:
+        client.set_tag(run_id, NOTE, finished_note(client.get_run(run_id).data.metrics))
+    NOTED_RUNS.discard(run_id)
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -273,15 +278,19 @@ def _error_tag(exc: BaseException) -> str:
 
 def log_result(uri: str, run_id: str, metrics: dict[str, float], history: list[dict],
                artifacts: dict[str, str]) -> None:
-    """Final metrics, per-epoch step metrics and text artifacts, in as few requests as possible."""
+    """Final metrics, per-epoch step metrics and text artifacts, in as few requests as possible;
+    with them the description the run gets if it finishes (`finished_note`), so that ending it
+    needs no more requests (a failure after this still replaces it)."""
     client = MlflowClient(uri)
     now = mlflow.utils.time.get_current_time_millis()
     entries = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()]
     for step, epoch in enumerate(history):
         entries += [mlflow.entities.Metric(f"epoch_{k}", float(v), now, step)
                     for k, v in epoch.items() if k != "phase"]
-    for start in range(0, len(entries), 1000):
-        client.log_batch(run_id, metrics=entries[start:start + 1000])
+    note = [mlflow.entities.RunTag(NOTE, finished_note(metrics))]
+    for start in range(0, max(len(entries), 1), 1000):
+        client.log_batch(run_id, metrics=entries[start:start + 1000], tags=[] if start else note)
+    NOTED_RUNS.add(run_id)
     for name, text in artifacts.items():
         client.log_text(run_id, redact(text), name)
 
