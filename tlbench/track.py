@@ -181,11 +181,13 @@ def terminate_as_exception() -> Iterator[None]:
     def resend_if_ignored(unraisable) -> None:
         nonlocal in_hook
         in_hook = True
-        if isinstance(unraisable.exc_value, Terminated):
-            ignored.put(unraisable.exc_value.code - 128)
-        else:
-            previous_hook(unraisable)
-        in_hook = False
+        try:
+            if isinstance(unraisable.exc_value, Terminated):
+                ignored.put(unraisable.exc_value.code - 128)
+            else:
+                previous_hook(unraisable)
+        finally:
+            in_hook = False
 
     def resend() -> None:
         while (signum := ignored.get()) is not None:
