@@ -31,15 +31,17 @@ class CountingLoader:
 
 def sweep(tmp_path, grid: list[str], *hydra_overrides: str) -> tuple[list[dict], int]:
     """Run the grid as Hydra does (its sweeper from the config, the in-process launcher) with a
-    task that records each job's config (its hydra.job and task overrides too); returns them
-    and how many job configs were composed."""
+    task that records each job's config (its whole hydra node too, but for the choice of sweeper
+    and the timestamped run folder, which a multirun does not use); returns them and how many
+    job configs were composed."""
     seen: list[dict] = []
 
     def task(cfg) -> None:
-        hydra = HydraConfig.get()
-        seen.append(OmegaConf.to_container(cfg, resolve=True) | {
-            "hydra.job": OmegaConf.to_container(hydra.job, resolve=True),
-            "hydra.overrides.task": list(hydra.overrides.task)})
+        hydra = OmegaConf.to_container(HydraConfig.get(), resolve=True)
+        del hydra["sweeper"], hydra["runtime"]["choices"]["hydra/sweeper"], hydra["run"]
+        overrides = hydra["overrides"]
+        overrides["hydra"] = [line for line in overrides["hydra"] if line != "hydra/sweeper=basic"]
+        seen.append(OmegaConf.to_container(cfg, resolve=True) | {"hydra": hydra})
 
     with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
         loader = CountingLoader(GlobalHydra.instance().hydra.config_loader)
@@ -54,15 +56,28 @@ def sweep(tmp_path, grid: list[str], *hydra_overrides: str) -> tuple[list[dict],
 def test_each_job_is_composed_once_into_the_basic_sweepers_config(tmp_path):
     ours, composed = sweep(tmp_path, GRID)
     basic, basic_composed = sweep(tmp_path, GRID, "hydra/sweeper=basic")
-    assert (composed, basic_composed) == (6, 12)
+    assert (composed, basic_composed) == (1, 12)  # the first job; the others are its twins
     assert [(job["trainer"]["lr"], job["seed"]) for job in ours] == \
         [(0.1, 0), (0.1, 1), (0.2, 0), (0.2, 1), (0.1, 0), (0.1, 1)]
     assert ours == basic
 
 
+@pytest.mark.parametrize(("grid", "composed"), [
+    (["backbone=mobilenetv2,resnet50", "trainer.lr=0.1,0.2", "data.train_size=10,all"], 2),
+    (["strategy=feature_extraction,partial_finetune", "seed=0,1", "+trainer.note=a,b"], 4),
+    (["trainer.patience=3,null", "hydra.job.chdir=false,true", "data.train_size=0.5,20"], 2),
+])
+def test_twins_differ_only_in_plain_values(tmp_path, grid, composed):
+    """Config groups, `+` and `hydra.` overrides are composed by Hydra; values set on a copy."""
+    ours, count = sweep(tmp_path, grid)
+    basic, _ = sweep(tmp_path, grid, "hydra/sweeper=basic")
+    assert count == composed and len(ours) == 8
+    assert ours == basic
+
+
 @pytest.mark.parametrize(("options", "composed"), [
-    (["hydra.sweeper.keep=2"], 6 + 4),  # the jobs beyond the kept ones are composed again
-    (["hydra.sweeper.keep=2", "hydra.sweeper.max_batch_size=2"], 6),  # each batch kept whole
+    (["hydra.sweeper.keep=2"], 1 + 4),  # the jobs beyond the kept ones are composed again
+    (["hydra.sweeper.keep=2", "hydra.sweeper.max_batch_size=2"], 1),  # each batch kept whole
 ])
 def test_kept_configs_are_bounded(tmp_path, options, composed):
     ours, count = sweep(tmp_path, GRID, *options)
