@@ -17,10 +17,11 @@ weights (backbone.weights=null), 10 epochs, no early stopping, each with its own
    there, on a miss of those records, would count too), fit (train.fit), evaluation
    (train.evaluate), logging (tracked_run start/end, log_prepared, log_result, the confusion
    matrix) and other (the rest of `run`: tags, strategy object). Then the run's total; Hydra's
-   composing of job configs (every composition of the process, the sweeper's validation and the
-   launcher's, over the number of jobs); the rest of the time between the end of the previous run
-   and the start of this one (Hydra's job folder, `.hydra/` files and logging set-up; the task's
-   config check, progress lines and job record); and their sum, per job.
+   composing of job configs (every composition of the process, the sweeper's validation (by
+   Hydra or from a twin's config) and the launcher's, over the number of jobs); the rest of the
+   time between the end of the previous run and the start of this one (Hydra's job folder,
+   `.hydra/` files and logging set-up; the task's config check, progress lines and job record);
+   and their sum, per job.
 3. Grids (`--grid`): the same jobs with the cache on (starting empty) and with cache.enabled=false
    (the seed recipe: frozen base inside the model, fit on images), each side one process, run
    alternately. fe: mobilenetv2 + resnet50 x train_size 10/50/all x seeds 0/1/2 (18 runs);
@@ -120,25 +121,33 @@ def instrument(out_path: str) -> None:
 
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-    composed: list[float] = []  # every job config Hydra composed, validating or launching
+    composed: list[float] = []  # every job config composed, validating or launching
     composing = 0.0  # seconds of it since the last run started
-    original_compose = ConfigLoaderImpl.load_sweep_config
+    depth = 0  # the sweeper's composition calls Hydra's: timed once
 
-    def load_sweep_config(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original_compose(*args, **kwargs)
-        finally:
-            nonlocal composing
-            composed.append(time.perf_counter() - start)
-            composing += composed[-1]
+    def timed_composition(original):
+        def wrapper(*args, **kwargs):
+            nonlocal composing, depth
+            depth += 1
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                depth -= 1
+                if not depth:
+                    composed.append(time.perf_counter() - start)
+                    composing += composed[-1]
+        return wrapper
 
     def write() -> None:
         for record in runs:
             record["composing"] = sum(composed) / len(runs)
         Path(out_path).write_text(json.dumps(runs))
 
-    ConfigLoaderImpl.load_sweep_config = load_sweep_config
+    from hydra_plugins.tlbench_sweeper.compose_once import KeptConfigs
+
+    ConfigLoaderImpl.load_sweep_config = timed_composition(ConfigLoaderImpl.load_sweep_config)
+    KeptConfigs.compose = timed_composition(KeptConfigs.compose)  # full, or from a twin's
     cli.run, track.tracked_run = run, tracked_run
     timed(store, "check_tracking_store", "resume check")
     timed(track, "finished_run", "resume check")
