@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -25,12 +24,10 @@ from tlbench.store import (
     resolve_tracking_uri,
 )
 from tlbench.track import (
-    Terminated,
     confusion_figure,
     log_confusion_matrix,
     log_dataset_input,
     log_result,
-    terminate_as_exception,
     tracked_run,
 )
 
@@ -259,20 +256,3 @@ def test_the_logged_heatmap_has_the_pixels_savefig_writes(tmp_path, tiny_config)
     confusion_figure(matrix, names).savefig(saved, format="png")
     logged, written = np.asarray(Image.open(path)), np.asarray(Image.open(saved))
     assert logged.shape == (400, 400, 4) and np.array_equal(logged, written)
-
-
-class SignalsInItsFinalizer:
-    """Sends this process SIGTERM from `__del__`, where Python ignores what the handler raises."""
-
-    def __del__(self):
-        signal.raise_signal(signal.SIGTERM)
-
-
-def test_a_sigterm_ignored_in_a_finalizer_is_raised_after_it():
-    before = signal.getsignal(signal.SIGTERM), sys.unraisablehook
-    started = time.monotonic()
-    with pytest.raises(Terminated) as caught, terminate_as_exception():
-        SignalsInItsFinalizer()  # collected at once: its Terminated is raised and ignored there
-        time.sleep(10)
-    assert caught.value.code == 128 + signal.SIGTERM and time.monotonic() - started < 5
-    assert (signal.getsignal(signal.SIGTERM), sys.unraisablehook) == before

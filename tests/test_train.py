@@ -196,17 +196,3 @@ def test_only_a_run_after_another_collects_garbage(tiny_config, monkeypatch):
     finally:
         gc.callbacks.remove(count)
         gc.enable()
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_evaluation_counts_as_sklearn_does(seed):
-    """Random labels of 5 classes, some classes never true or never predicted."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-
-    rng = np.random.default_rng(seed)
-    y, predicted = rng.integers(0, 5 - seed % 3, 60), rng.integers(seed % 2, 5, 60)
-    confusion = train.confusion_counts(y, predicted, 5)
-    assert (confusion == confusion_matrix(y, predicted, labels=np.arange(5))).all()
-    assert train.accuracy(y, predicted) == accuracy_score(y, predicted)
-    assert train.macro_f1(confusion) == pytest.approx(f1_score(y, predicted, average="macro"),
-                                                      abs=1e-12)

@@ -25,7 +25,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from tlbench import runtime
+from tlbench import metrics, runtime
 from tlbench.config import LogregHeadConfig, TrainerConfig
 from tlbench.data import Dataset
 from tlbench.plan import Phase, Plan
@@ -278,36 +278,16 @@ def _timing(epoch_seconds: list[list[float]], fit_seconds: float, n_train: int) 
 def evaluate(predict: Callable[[list[np.ndarray]], list[np.ndarray]],
              data: Dataset) -> tuple[dict, np.ndarray]:
     """Accuracy on train/val/test, test macro-F1 and the test confusion matrix of a classifier
-    (`predict` maps a list of arrays to their predicted classes). Counted with numpy: sklearn's
-    metrics give the same numbers (tests/test_train.py) for 3-7 ms more a run."""
+    (`predict` maps a list of arrays to their predicted classes), counted by tlbench.metrics."""
     train_pred, val_pred, test_pred = predict([data.x_train, data.x_val, data.x_test])
-    confusion = confusion_counts(data.y_test, test_pred, data.n_classes)
-    metrics = {
-        "train_accuracy": accuracy(data.y_train, train_pred),
-        "val_accuracy": accuracy(data.y_val, val_pred),
-        "test_accuracy": accuracy(data.y_test, test_pred),
-        "test_macro_f1": macro_f1(confusion),
+    confusion = metrics.confusion_counts(data.y_test, test_pred, data.n_classes)
+    scores = {
+        "train_accuracy": metrics.accuracy(data.y_train, train_pred),
+        "val_accuracy": metrics.accuracy(data.y_val, val_pred),
+        "test_accuracy": metrics.accuracy(data.y_test, test_pred),
+        "test_macro_f1": metrics.macro_f1(confusion),
     }
-    return metrics, confusion
-
-
-def accuracy(y: np.ndarray, predicted: np.ndarray) -> float:
-    """The share of rows predicted right."""
-    return float(np.mean(np.asarray(y) == np.asarray(predicted)))
-
-
-def confusion_counts(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
-    """Rows of true classes, columns of predicted ones, each cell a count."""
-    cells = np.asarray(y, dtype=np.int64) * n_classes + np.asarray(predicted, dtype=np.int64)
-    return np.bincount(cells, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def macro_f1(confusion: np.ndarray) -> float:
-    """The mean F1 (2 TP / (2 TP + FP + FN)) of the classes that are true or predicted somewhere,
-    as sklearn's `f1_score(average="macro")` takes them."""
-    hits, true, predicted = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
-    present = true + predicted > 0
-    return float(np.mean(2 * hits[present] / (true + predicted)[present]))
+    return scores, confusion
 
 
 CHAINED_BYTES = 256 * 2**20
