@@ -144,10 +144,20 @@ def instrument(out_path: str) -> None:
             record["composing"] = sum(composed) / len(runs)
         Path(out_path).write_text(json.dumps(runs))
 
-    from hydra_plugins.tlbench_sweeper.compose_once import KeptConfigs
+    from hydra.core.plugins import Plugins
+
+    original_sweeper = Plugins.instantiate_sweeper
+
+    def instantiate_sweeper(*args, **kwargs):
+        """The sweeper, its own compositions (by Hydra or from a twin's config) timed too (its
+        module is Hydra's to import, so its instance is patched, not its class)."""
+        sweeper = original_sweeper(*args, **kwargs)
+        if getattr(sweeper, "configs", None) is not None:
+            sweeper.configs.compose = timed_composition(sweeper.configs.compose)
+        return sweeper
 
     ConfigLoaderImpl.load_sweep_config = timed_composition(ConfigLoaderImpl.load_sweep_config)
-    KeptConfigs.compose = timed_composition(KeptConfigs.compose)  # full, or from a twin's
+    Plugins.instantiate_sweeper = instantiate_sweeper
     cli.run, track.tracked_run = run, tracked_run
     timed(store, "check_tracking_store", "resume check")
     timed(track, "finished_run", "resume check")
