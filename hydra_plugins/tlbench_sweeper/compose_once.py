@@ -31,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 @dataclass
 class ComposeOnceSweeperConf:
     """`hydra/sweeper=tlbench`: the basic sweeper's options, plus how many validated job configs
-    (about 0.2 MB each) are kept for the launcher; later jobs are composed again."""
+    (about 0.2 MB each) are kept for the launcher, and as twins' originals; later jobs are
+    composed again."""
 
     _target_: str = "hydra_plugins.tlbench_sweeper.compose_once.ComposeOnceSweeper"
     max_batch_size: int | None = None
@@ -50,8 +51,8 @@ PLAIN_VALUES = (str, int, float, bool, type(None))
 
 
 class KeptConfigs:
-    """A config loader that serves each kept job config once, in the order it was composed, and
-    leaves everything else to Hydra's loader."""
+    """A config loader that composes job configs (from a twin's where it can), serves each kept
+    one once, in the order it was composed, and leaves everything else to Hydra's loader."""
 
     def __init__(self, loader: Any, keep: int) -> None:
         self.loader, self.keep = loader, keep
@@ -69,7 +70,8 @@ class KeptConfigs:
             config = twin_config(self.originals[key], parsed, master_config, self.is_plain_value)
         else:
             config = self.loader.load_sweep_config(master_config, overrides)
-            self.originals[key] = copy.deepcopy(config)
+            if len(self.originals) < self.keep:
+                self.originals[key] = copy.deepcopy(config)
         if self.count < self.keep:
             self.kept.setdefault(tuple(overrides), deque()).append(config)
             self.count += 1
