@@ -65,9 +65,10 @@ class KeptConfigs:
         """Compose one job's config (raising as Hydra does on a bad one), from its twin's where
         there is one; keep it while room."""
         parsed = self.parser.parse_overrides(overrides)
-        key = tuple(o.key_or_group if self.is_plain_value(o) else o.input_line for o in parsed)
+        plain = [o for o in parsed if self.is_plain_value(o)]
+        key = tuple(o.key_or_group if o in plain else o.input_line for o in parsed)
         if key in self.originals:
-            config = twin_config(self.originals[key], parsed, master_config, self.is_plain_value)
+            config = twin_config(self.originals[key], parsed, plain, master_config)
         else:
             config = self.loader.load_sweep_config(master_config, overrides)
             if len(self.originals) < self.keep:
@@ -99,12 +100,13 @@ class KeptConfigs:
         return getattr(self.loader, name)
 
 
-def twin_config(original: DictConfig, parsed: list[Override], master_config: DictConfig,
-                is_plain_value) -> DictConfig:
-    """A copy of the twin's config with this job's plain values, task overrides and
-    `override_dirname`, set as Hydra's `load_sweep_config` sets them."""
+def twin_config(original: DictConfig, parsed: list[Override], plain: list[Override],
+                master_config: DictConfig) -> DictConfig:
+    """A copy of the twin's config with this job's plain values (`plain`, among all its
+    `parsed` overrides), task overrides and `override_dirname`, set as Hydra's
+    `load_sweep_config` sets them."""
     config = copy.deepcopy(original)
-    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if is_plain_value(o)], config)
+    ConfigLoaderImpl._apply_overrides_to_config(plain, config)
     task = [o for o in parsed if not o.is_hydra_override()]
     naming = config.hydra.job.config.override_dirname
     with open_dict(config.hydra):
