@@ -1,6 +1,6 @@
 """What a cached run costs beyond its training: per-run breakdown, marginal run, grid ratios.
 
-    python benchmarks/overhead.py [--runs 6] [--repeats 3] [--grid none|quick|fe|pf|all]
+    python benchmarks/overhead.py [--runs 20] [--repeats 3] [--grid none|quick|fe|pf|all]
                                   [--against DIR] [--variant OVERRIDE...]
                                   [--common OVERRIDE...]
 
@@ -9,19 +9,22 @@ weights (backbone.weights=null), 10 epochs, no early stopping, each with its own
 
 1. Marginal cached run: with the feature cache filled, an N-run sequential feature-extraction
    sweep of mobilenetv2 (trainer.lr varies: same cache entry, same shapes) and a 1-run sweep,
-   interleaved, `--repeats` times. Marginal = (T_N - T_1) / (N - 1), median over repeats.
-2. Per-run breakdown of the N-run sweep (its last N - 1 runs, cached): the stage functions are
-   wrapped with timers in the child process: resume check (store check + finished_run), set-up
-   (prepare.prepare), features (features.frozen_datasets), head (strategy train minus features,
-   fit and evaluation: the base's recorded facts, building and adapting the head; a base built
-   there, on a miss of those records, would count too), fit (train.fit), evaluation
-   (train.evaluate), logging (tracked_run start/end, log_prepared, log_result, the confusion
-   matrix) and other (the rest of `run`: tags, strategy object). Then the run's total; Hydra's
-   composing of job configs (every composition of the process, the sweeper's validation (by
-   Hydra or from a twin's config) and the launcher's, over the number of jobs); the rest of the
-   time between the end of the previous run and the start of this one (Hydra's job folder,
-   `.hydra/` files and logging set-up; the task's config check, progress lines and job record);
-   and their sum, per job.
+   interleaved, `--repeats` times. Marginal = (T_N - T_1) / (N - 1), median over repeats; both
+   processes plain `python -m tlbench`, as a user runs it.
+2. Per-run breakdown of the N-run sweep (its last N - 1 runs, cached), from one more N-run process
+   per repeat (instrumenting a process costs it 0.4-1 s: its patching imports the stage modules,
+   Keras and TensorFlow included, before Hydra starts; so it is not one of the processes the
+   marginal run is taken from). The stage functions are wrapped with timers in that process: resume
+   check (store check + finished_run), set-up (prepare.prepare), features
+   (features.frozen_datasets), head (strategy train minus features, fit and evaluation: the base's
+   recorded facts, building and adapting the head; a base built there, on a miss of those records,
+   would count too), fit (train.fit), evaluation (train.evaluate), logging (tracked_run start/end,
+   log_prepared, log_result, the confusion matrix) and other (the rest of `run`: tags, strategy
+   object). Then the run's total; Hydra's composing of job configs (every composition of the
+   process, the sweeper's validation (by Hydra or from a twin's config) and the launcher's, over
+   the number of jobs); the rest of the time between the end of the previous run and the start of
+   this one (Hydra's job folder, `.hydra/` files and logging set-up; the task's config check,
+   progress lines and job record); and their sum, per job.
 3. Grids (`--grid`): the same jobs with the cache on (starting empty) and with cache.enabled=false
    (the seed recipe: frozen base inside the model, fit on images), each side one process, run
    alternately. fe: mobilenetv2 + resnet50 x train_size 10/50/all x seeds 0/1/2 (18 runs);
@@ -61,7 +64,8 @@ COMMON = ["data=digits59", "backbone.weights=null", "backbone.input_size=32", "t
 STAGES = ("resume check", "set-up", "features", "head", "fit", "evaluation", "logging", "other")
 TOTALS = ("total", "composing", "between jobs", "per job")
 GIVEN: list[str] = []  # --common: in every job, in place of the settings of the same keys
-LRS = ("0.001", "0.0011", "0.0012", "0.0013", "0.0014", "0.0015", "0.0016", "0.0017", "0.0018")
+MAX_RUNS = 40
+LRS = tuple(f"{0.001 + 0.0001 * i:.4f}" for i in range(MAX_RUNS))  # one cache entry, one shape
 
 
 # --- child process: `python -m tlbench` with timers around its stages ---------------------------
@@ -216,8 +220,8 @@ Side = tuple[str | None, tuple[str, ...]]  # a tlbench package folder (None: thi
 
 
 def marginal(work: Path, runs: int, repeats: int, codes: dict[str, Side]) -> None:
-    """Sections 1 and 2: the N-run and 1-run cached sweeps, interleaved (and, with several
-    sides, interleaved between them too)."""
+    """Sections 1 and 2: the N-run and 1-run cached sweeps and the instrumented N-run one,
+    interleaved (and, with several sides, interleaved between them too)."""
     job = [*COMMON, "backbone=mobilenetv2", "strategy=feature_extraction", "data.train_size=all",
            f"cache.dir={work / 'cache'}"]
     tlbench([*job, "trainer.lr=0.001"], work / "fill")  # fills the cache, untimed
@@ -229,12 +233,12 @@ def marginal(work: Path, runs: int, repeats: int, codes: dict[str, Side]) -> Non
             folder = work / name
             singles[name].append(tlbench([*job, *extra, "trainer.lr=0.001"],
                                          folder / f"one-{repeat}", code=code)[0])
-            seconds, stages = tlbench([*job, *extra, "trainer.lr=" + ",".join(LRS[:runs])],
-                                      folder / f"many-{repeat}", breakdown=True, code=code)
-            sweeps[name].append(seconds)
+            many = [*job, *extra, "trainer.lr=" + ",".join(LRS[:runs])]
+            sweeps[name].append(tlbench(many, folder / f"many-{repeat}", code=code)[0])
+            timed, stages = tlbench(many, folder / f"timed-{repeat}", breakdown=True, code=code)
             breakdowns[name] += stages[1:]
             print(f"{name} repeat {repeat}: 1 run {singles[name][-1]:.1f}s, {runs} runs "
-                  f"{seconds:.1f}s", flush=True)
+                  f"{sweeps[name][-1]:.1f}s ({timed:.1f}s instrumented)", flush=True)
     tables = {name: stage_table(rows) for name, rows in breakdowns.items()}
     backbone = [o for o in [*job, *GIVEN] if o.startswith("backbone=")][-1].split("=")[1]
     print(f"\nper cached run (mean of {len(breakdowns[next(iter(codes))])} runs, {backbone} 32 "
@@ -308,7 +312,8 @@ def main() -> None:
         instrument(out)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=6, help="runs in the N-run sweep (2-9)")
+    parser.add_argument("--runs", type=int, default=20,
+                        help=f"runs in the N-run sweep (2-{MAX_RUNS}: more, less start-up noise)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--grid", default="none", help="none, quick, fe, pf or all (fe and pf)")
     parser.add_argument("--against", help="folder with another tlbench package, compared")
@@ -317,6 +322,8 @@ def main() -> None:
     parser.add_argument("--common", nargs="+", metavar="OVERRIDE", default=[],
                         help="overrides added to every job")
     args = parser.parse_args()
+    if not 2 <= args.runs <= MAX_RUNS:
+        parser.error(f"--runs {args.runs}: give 2 to {MAX_RUNS}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     GIVEN.extend(args.common)
     with tempfile.TemporaryDirectory() as folder:
