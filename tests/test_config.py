@@ -8,7 +8,7 @@ import re
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from tlbench import registry
+from tlbench import config, registry
 from tlbench.config import DenseHeadConfig, LogregHeadConfig, parse_config
 from tlbench.errors import TlbenchError
 from tlbench.strategy.partial_finetune import PartialFinetuneConfig
@@ -128,6 +128,24 @@ def test_bad_values_name_the_key(override, message):
     with pytest.raises(TlbenchError, match=message.replace("(", r"\(").replace("[", r"\[")) as err:
         parse_config(compose_config([override]))
     assert "\n" not in str(err.value)
+
+
+def test_a_section_seen_before_is_copied_from_its_memo():
+    """A sweep's jobs share most sections: each is built once per process, and every config
+    gets its own copy (a run may change its own); a changed value or a bad one is not memoised."""
+    first = parse_config(compose_config(["trainer.lr=0.002", "strategy=partial_finetune"]))
+    memos = len(config.TYPED)
+    second = parse_config(compose_config(["trainer.lr=0.002", "strategy=partial_finetune"]))
+    assert len(config.TYPED) == memos
+    assert second == first
+    assert second.trainer is not first.trainer and second.strategy is not first.strategy
+    first.trainer.epochs, first.strategy.head.dropout = 99, 0.9
+    third = parse_config(compose_config(["trainer.lr=0.002", "strategy=partial_finetune"]))
+    assert third == second and third.trainer.epochs != 99 and third.strategy.head.dropout != 0.9
+    assert parse_config(compose_config(["trainer.lr=0.003"])).trainer.lr == 0.003
+    for _ in range(2):
+        with pytest.raises(TlbenchError, match="trainer.epochs=0 is invalid"):
+            parse_config(compose_config(["trainer.lr=0.002", "trainer.epochs=0"]))
 
 
 def test_unfreeze_depth_beyond_backbone():
