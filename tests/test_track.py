@@ -23,8 +23,8 @@ from tlbench.store import (
     experiment_id,
     resolve_tracking_uri,
 )
+from tlbench.confusion import confusion_figure
 from tlbench.track import (
-    confusion_figure,
     log_confusion_matrix,
     log_dataset_input,
     log_result,
@@ -207,41 +207,6 @@ def test_keyboard_interrupt_ends_killed(tmp_path, tiny_config):
         raise KeyboardInterrupt
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["heartbeat"].isdigit()
-
-
-def drawn(fig) -> np.ndarray:
-    """The figure's pixels as Agg draws them."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba()).copy()
-
-
-def test_a_refilled_confusion_figure_draws_what_a_direct_drawing_does():
-    """The figure laid out once per class names and refilled per run draws the same pixels as
-    a heatmap drawn directly from the matrix, cell counts and colour scale included."""
-    from matplotlib.figure import Figure
-
-    names = ("five", "six", "$x$")
-    earlier = np.array([[9, 0, 1], [0, 3, 0], [2, 0, 40]])
-    matrix = np.array([[5, 1, 0], [2, 7, 1], [0, 0, 3]])
-    confusion_figure(earlier, names)
-    refilled = drawn(confusion_figure(matrix, names))
-    direct = Figure(figsize=(4.0, 4.0))
-    ax = direct.subplots()
-    ax.imshow(matrix, cmap="Blues")
-    ax.set(xticks=range(3), yticks=range(3), xlabel="predicted", ylabel="true",
-           title="Test confusion matrix")
-    ax.set_xticklabels(["five", "six", r"\$x\$"], rotation=90)
-    ax.set_yticklabels(["five", "six", r"\$x\$"])
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, int(value), ha="center", va="center", fontsize=8)
-    direct.tight_layout()
-    assert np.array_equal(refilled, drawn(direct))
-    assert not np.array_equal(refilled, drawn(confusion_figure(earlier, names)))
-    with pytest.raises(ValueError, match=r"a \(3, 2\) confusion matrix for 3 classes"):
-        confusion_figure(matrix[:, :2], names)
 
 
 def test_the_logged_heatmap_has_the_pixels_savefig_writes(tmp_path, tiny_config):

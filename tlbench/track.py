@@ -6,7 +6,6 @@ A run that raises ends FAILED with the error's last line in the `error` tag, nev
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -20,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
 from tlbench import __version__, runtime
 from tlbench.config import RunConfig
+from tlbench.confusion import confusion_image
 from tlbench.errors import last_line
 from tlbench.identity import config_hash, flatten, identity
 from tlbench.store import ensure_experiment, experiment_id, redact, sweep_parent_id
@@ -308,7 +307,7 @@ def log_confusion_matrix(uri: str, run_id: str, confusion, class_names: tuple[st
                 for name, row in zip(class_names, confusion, strict=True)]
         client.log_text(run_id, "\n".join([header, *rows]) + "\n", "confusion_matrix.csv")
         if len(class_names) <= MAX_FIGURE_CLASSES:
-            client.log_image(run_id, figure_image(confusion_figure(confusion, class_names)),
+            client.log_image(run_id, confusion_image(confusion, class_names),
                              "confusion_matrix.png")
         else:
             log.info("confusion matrix of %d classes logged as CSV only (figure above %d)",
@@ -323,53 +322,3 @@ def _csv_cell(text: str) -> str:
     if any(c in text for c in ',"\n\r'):
         return '"' + text.replace('"', '""') + '"'
     return text
-
-
-def confusion_figure(confusion, class_names: tuple[str, ...]):
-    """A labelled heatmap of the confusion matrix: the figure of these class names, laid out once
-    per process, refilled with this matrix (a fresh figure cost 25 ms more a run, on 2 cores)."""
-    confusion = np.asarray(confusion)
-    if confusion.shape != (len(class_names),) * 2:
-        raise ValueError(f"a {confusion.shape} confusion matrix for {len(class_names)} classes")
-    fig = labelled_figure(class_names)
-    ax = fig.axes[0]
-    image = ax.images[0]
-    image.set_data(confusion)
-    image.set_clim(confusion.min(), confusion.max())  # what imshow's autoscale sets
-    for text, value in zip(ax.texts, confusion.ravel(), strict=False):
-        text.set_text(str(int(value)))
-    return fig
-
-
-def figure_image(fig):
-    """The figure drawn by its Agg canvas, as an RGBA image: the pixels `savefig` writes, without
-    its printing machinery (31 ms against 41 ms a confusion figure on 2 cores)."""
-    from PIL import Image
-
-    fig.canvas.draw()
-    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba()).copy())
-
-
-@functools.lru_cache(maxsize=1)
-def labelled_figure(class_names: tuple[str, ...]):
-    """An empty confusion heatmap of bounded size with its ticks, labels and one cell text per
-    cell while they stay legible; labels are plain text ($ is not math)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    labels = [name.replace("$", r"\$") for name in class_names]
-    size = min(20.0, max(4.0, 0.45 * len(labels) + 2))
-    fig = Figure(figsize=(size, size))
-    FigureCanvasAgg(fig)  # its own canvas: drawings reuse its renderer and text metrics (-5 ms)
-    ax = fig.subplots()
-    ax.imshow(np.zeros((len(labels), len(labels)), dtype=int), cmap="Blues")
-    ticks = range(len(labels))
-    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true",
-           title="Test confusion matrix")
-    ax.set_xticklabels(labels, rotation=90)
-    ax.set_yticklabels(labels)
-    if len(labels) <= 30:
-        for i, j in np.ndindex(len(labels), len(labels)):
-            ax.text(j, i, "", ha="center", va="center", fontsize=8)
-    fig.tight_layout()
-    return fig
