@@ -6,6 +6,7 @@ A run that raises ends FAILED with the error's last line in the `error` tag, nev
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -44,8 +45,10 @@ NOTED_RUNS: set[str] = set()
 log = logging.getLogger("tlbench")
 
 
+@functools.cache
 def _git_commit() -> str:
-    """The source checkout's commit, or 'unknown' for an installed package."""
+    """The source checkout's commit, or 'unknown' for an installed package; asked once per
+    process (the code it runs was imported at its start)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
                              capture_output=True, text=True, timeout=5, check=True)
