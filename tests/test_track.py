@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tlbench.confusion import confusion_figure
 from tlbench.errors import TlbenchError
 from tlbench.identity import config_hash, flatten
 from tlbench.store import (
@@ -23,7 +24,6 @@ from tlbench.store import (
     experiment_id,
     resolve_tracking_uri,
 )
-from tlbench.confusion import confusion_figure
 from tlbench.track import (
     log_confusion_matrix,
     log_dataset_input,
