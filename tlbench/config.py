@@ -251,7 +251,7 @@ TYPED_KEPT = 512
 def typed(schema: type, section: object, key: str):
     """Merge one config section onto its dataclass schema and build it, as a one-line error. A
     section of plain data is built once per process and copied after (a sweep's jobs differ in
-    few sections: 10 ms to 2 ms a job's config on 2 cores)."""
+    few sections: a job's config in 3.6 ms instead of 10 ms, on 2 cores)."""
     try:
         memo = (schema, key, json.dumps(section, sort_keys=True))
     except TypeError:  # not plain data (an OmegaConf node): built each time
