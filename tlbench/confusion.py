@@ -52,7 +52,7 @@ def refilled_artists(ax) -> list:
 
 @functools.lru_cache(maxsize=1)
 def static_pixels(fig):
-    """The figure drawn without its refilled artists (titles, labels, ticks), kept as pixels."""
+    """The figure drawn without its refilled artists (title, labels and ticks only), as pixels."""
     refilled = refilled_artists(fig.axes[0])
     for artist in refilled:
         artist.set_visible(False)
