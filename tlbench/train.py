@@ -20,7 +20,6 @@ import keras
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -376,7 +375,7 @@ def train_logreg(features: Dataset, head: LogregHeadConfig, base_params: float,
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is the user's budget
         for c in head.c_grid:
             probe = linear_probe(c, head, seed).fit(features.x_train, features.y_train)
-            accuracy = accuracy_score(features.y_val, probe.predict(features.x_val))
+            accuracy = metrics.accuracy(features.y_val, probe.predict(features.x_val))
             history.append({"logreg_c": c, "val_accuracy": accuracy, "phase": "logreg"})
             if accuracy > best_accuracy:
                 best, best_accuracy = probe, accuracy
@@ -385,8 +384,8 @@ def train_logreg(features: Dataset, head: LogregHeadConfig, base_params: float,
     trainable = classifier.coef_.size + classifier.intercept_.size
     scores, confusion = evaluate(lambda arrays: [best.predict(x) for x in arrays],
                                  features)
-    metrics = {"fit_seconds": fit_seconds, "logreg_c": classifier.C,
-               "params_total": base_params + trainable, "params_trainable": trainable,
-               "params_non_trainable": base_params}
-    return RunResult(metrics=metrics | scores | sizes(features), history=history,
+    facts = {"fit_seconds": fit_seconds, "logreg_c": classifier.C,
+             "params_total": base_params + trainable, "params_trainable": trainable,
+             "params_non_trainable": base_params}
+    return RunResult(metrics=facts | scores | sizes(features), history=history,
                      confusion=confusion)
