@@ -8,7 +8,7 @@ The heads are tlbench's own (`head_layers`: standardisation, dropout 0.2 as ship
 on random features of a cached run's shape (defaults: digits59's 626 training and 90 validation
 rows of mobilenetv2's 1,280 pooled features, 5 classes), compiled as `train.fit` compiles a head
 on features (Adam, `HEAD_STEPS_PER_CALL` steps per call, deterministic ops as by default). Each is
-fitted once untimed (tracing), then `--repeats` times on fresh batches (`train.batches`, no
+fitted once untimed (tracing), then `--repeats` times on fresh batches (`batches.batches`, no
 prefetch), alternating between the heads; printed: the median seconds of a 10-epoch fit, the
 validation pass included.
 """
@@ -49,7 +49,7 @@ def main() -> None:
     import numpy as np
 
     from tlbench import runtime
-    from tlbench.train import batches
+    from tlbench.batches import batches
 
     runtime.configure("float32", deterministic=True, seed=0, threads=None)
     rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
 """Backends and precision: the real CLI on JAX with TensorFlow made unimportable, mixed precision
-on TensorFlow, the backend in a run's identity, and backend-neutral batches and resizing."""
+on TensorFlow, the backend in a run's identity, and backend-neutral resizing."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import build_run
 from tlbench import runtime, track
 from tlbench.errors import TlbenchError
-from tlbench.train import ArrayBatches, train_and_evaluate
+from tlbench.train import train_and_evaluate
 
 TINY = ["data.train_size=5", "trainer.epochs=1", "trainer.patience=null", "backbone.weights=null"]
 BLOCK_TENSORFLOW = """
@@ -202,19 +202,6 @@ def test_backend_is_read_as_keras_reads_it(tmp_path, how):
     out = subprocess.run([sys.executable, "-c", code], env=env, text=True, capture_output=True,
                          timeout=120, check=True).stdout.split()
     assert out == ["jax", "jax", "jax"]
-
-
-def test_array_batches_reshuffle_each_epoch_from_the_seed():
-    x, y = np.arange(10.0)[:, None], np.arange(10)
-    batches, again = ArrayBatches(x, y, 4, shuffle_seed=3), ArrayBatches(x, y, 4, shuffle_seed=3)
-    first = np.concatenate([batches[i][1] for i in range(len(batches))])
-    assert len(batches) == 3 and sorted(first) == list(range(10))
-    assert (first == np.concatenate([again[i][1] for i in range(3)])).all()
-    batches.on_epoch_end()
-    second = np.concatenate([batches[i][1] for i in range(3)])
-    assert sorted(second) == list(range(10)) and (second != first).any()
-    plain = ArrayBatches(x, y, 4, shuffle_seed=None)
-    assert (np.concatenate([plain[i][1] for i in range(3)]) == y).all()
 
 
 def test_resize_matches_tensorflow_bilinear():

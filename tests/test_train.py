@@ -160,18 +160,6 @@ def test_one_prediction_over_several_arrays_keeps_each_arrays_rows(chained_bytes
         np.testing.assert_array_equal(classes, np.argmax(model.predict(x, verbose=0), axis=1))
 
 
-def test_batches_without_prefetch_are_the_same_batches():
-    x = np.arange(70 * 3, dtype="float32").reshape(70, 3)
-    y = np.arange(70)
-
-    def epochs(prefetch: bool) -> list[list[int]]:
-        dataset = train.batches(x, y, 16, shuffle_seed=4, prefetch=prefetch)
-        return [[int(v) for _, ys in dataset for v in ys] for _ in range(3)]
-
-    assert epochs(False) == epochs(True)
-    assert epochs(False)[0] != epochs(False)[1] != list(range(70))  # reshuffled each epoch
-
-
 def test_only_a_run_after_another_collects_garbage(tiny_config, monkeypatch):
     """The first run of a process freezes what is imported without a full collection (0.4 s);
     each later run collects what earlier runs left, then freezes again."""

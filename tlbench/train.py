@@ -25,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from tlbench import metrics, runtime
+from tlbench.batches import batches, chained_batches
 from tlbench.config import LogregHeadConfig, TrainerConfig
 from tlbench.data import Dataset
 from tlbench.plan import Phase, Plan
@@ -95,53 +96,6 @@ def _callbacks(trainer: TrainerConfig, timer: EpochTimer) -> list[keras.callback
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=trainer.patience, restore_best_weights=True))
     return callbacks
-
-
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None,
-            prefetch: bool = True):
-    """Batches of arrays already resized and preprocessed once, reshuffled each epoch if seeded:
-    a tf.data pipeline on TensorFlow, an ArrayBatches elsewhere. (tf.data's cache() would only
-    copy these arrays again.) `prefetch=False` leaves out tf.data's prefetch thread and its
-    tuning, which cost more than they overlap for a head on cached features (a 10-epoch fit
-    ~10% faster); the batches are the same."""
-    if runtime.backend() != "tensorflow":
-        return ArrayBatches(x, y, batch_size, shuffle_seed)
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if prefetch:
-        return dataset.prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    options.experimental_optimization.inject_prefetch = False
-    return dataset.with_options(options)
-
-
-class ArrayBatches(keras.utils.PyDataset):
-    """Batches of in-memory arrays for any backend, in a seeded order drawn anew each epoch."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int,
-                 shuffle_seed: int | None) -> None:
-        super().__init__()
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
-        self.order = np.arange(len(y))
-        self.on_epoch_end()
-
-    def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        return self.x[rows], self.y[rows]
-
-    def on_epoch_end(self) -> None:
-        """Draw the next epoch's order (unshuffled batches keep theirs)."""
-        if self.rng is not None:
-            self.order = self.rng.permutation(len(self.y))
 
 
 def fit(plan: Plan, inputs: dict[str, Dataset], trainer: TrainerConfig,
@@ -309,38 +263,6 @@ def keras_classes(model: keras.Model,
         return predicted
 
     return predict
-
-
-def chained_batches(arrays: list[np.ndarray], batch_size: int):
-    """Unlabelled batches of each array in turn, in order: tf.data on TensorFlow (inputs only,
-    one prefetch: 7 ms less a run's prediction than labelled, prefetched pieces), else a
-    PyDataset."""
-    if runtime.backend() != "tensorflow":
-        return ChainedBatches(arrays, batch_size)
-    import tensorflow as tf
-
-    chained = None
-    for x in arrays:
-        split = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
-        chained = split if chained is None else chained.concatenate(split)
-    return chained.prefetch(tf.data.AUTOTUNE)
-
-
-class ChainedBatches(keras.utils.PyDataset):
-    """Batches of each in-memory array in turn, for any backend."""
-
-    def __init__(self, arrays: list[np.ndarray], batch_size: int) -> None:
-        super().__init__()
-        self.arrays, self.batch_size = arrays, batch_size
-        self.starts = [(index, start) for index, x in enumerate(arrays)
-                       for start in range(0, len(x), batch_size)]
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray]:
-        array, start = self.starts[index]
-        return (self.arrays[array][start:start + self.batch_size],)
 
 
 def sizes(data: Dataset) -> dict[str, float]:
