@@ -27,6 +27,7 @@ from tlbench.store import (
 from tlbench.track import (
     log_confusion_matrix,
     log_dataset_input,
+    log_prepared,
     log_result,
     tracked_run,
 )
@@ -180,6 +181,34 @@ def test_a_run_that_logged_its_result_ends_with_no_more_reads(tmp_path, tiny_con
              for run_id in (finished, failed)}
     assert notes == {finished: "FINISHED: test accuracy 0.7500",
                      failed: "FAILED: ValueError: after the result"}
+
+
+def test_prepared_facts_come_with_the_result_the_error_or_the_end(tmp_path, tiny_config,
+                                                                    monkeypatch):
+    """The class names and initial weights' facts that log_prepared finds are sent with the
+    run's results (no request of their own), with its error when it fails after preparing, or
+    with its end when nothing else is logged."""
+    from tlbench.prepare import prepare
+
+    uri, config = f"sqlite:///{tmp_path}/mlflow.db", tiny_config()
+    client, prepared = MlflowClient(uri), prepare(config, None, 1)
+    batches = counted(monkeypatch, "log_batch")
+    with tracked_run(config, uri, {}) as finished:
+        log_prepared(uri, finished, prepared)
+        log_result(uri, finished, {"test_accuracy": 0.75}, [], {})
+    assert len(batches) == 2  # the params, then the facts with the results
+    with pytest.raises(ValueError), tracked_run(tiny_config("seed=1"), uri, {}) as failed:
+        log_prepared(uri, failed, prepared)
+        raise ValueError("after preparing")
+    with tracked_run(tiny_config("seed=2"), uri, {}) as ended:
+        log_prepared(uri, ended, prepared)
+    expected = ("FINISHED", "FINISHED: test accuracy 0.7500"), \
+        ("FAILED", "FAILED: ValueError: after preparing"), ("FINISHED", "FINISHED")
+    for run_id, (status, note) in zip((finished, failed, ended), expected, strict=True):
+        run = client.get_run(run_id)
+        assert (run.info.status, run.data.tags["mlflow.note.content"]) == (status, note)
+        assert run.data.tags["class_names"] == ", ".join(prepared.source.class_names)
+        assert run.data.metrics["pretrain_seconds"] == 0.0
 
 
 def test_a_store_is_opened_once_per_process(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,9 @@ MAX_FIGURE_CLASSES = 60  # above this, the confusion matrix is logged as CSV onl
 NOTE = "mlflow.note.content"  # the run's description in MLflow's UI
 NOTED_RUNS: set[str] = set()
 """Runs of this process whose finished note `log_result` has logged (tracked_run then skips it)."""
+PENDING: dict[str, tuple[dict[str, str], dict[str, float]]] = {}
+"""Tags and metrics `log_prepared` found for a run of this process, sent with the run's next
+batch: its results (`log_result`), its error, or its end (tracked_run)."""
 log = logging.getLogger("tlbench")
 
 
@@ -190,13 +193,12 @@ def tracked_run(config: RunConfig, uri: str, tags: dict[str, str], digest: str |
         NOTED_RUNS.discard(run_id)
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         error = _error_tag(exc)
-        client.log_batch(run_id, tags=[mlflow.entities.RunTag("error", error),
-                                       mlflow.entities.RunTag(NOTE, f"{status}: {error}")],
-                         metrics=_metrics(getattr(exc, "metrics", {})))
+        _log_batch(client, run_id, getattr(exc, "metrics", {}),
+                     {"error": error, NOTE: f"{status}: {error}"})
         client.set_terminated(run_id, status)
         raise
     if run_id not in NOTED_RUNS:
-        client.set_tag(run_id, NOTE, finished_note(client.get_run(run_id).data.metrics))
+        _log_batch(client, run_id, {}, {NOTE: finished_note(client.get_run(run_id).data.metrics)})
     NOTED_RUNS.discard(run_id)
     client.set_terminated(run_id, "FINISHED")
 
@@ -226,25 +228,34 @@ def _error_tag(exc: BaseException) -> str:
 def log_result(uri: str, run_id: str, metrics: dict[str, float], history: list[dict],
                artifacts: dict[str, str]) -> None:
     """Final metrics, per-epoch step metrics and text artifacts, in as few requests as possible;
-    with them the description the run gets if it finishes (`finished_note`), so that ending it
-    needs no more requests (a failure after this still replaces it)."""
+    with them the run's pending facts (`log_prepared`) and the description it gets if it
+    finishes (`finished_note`), so that ending it needs no more requests (a failure after this
+    still replaces it)."""
     client = MlflowClient(uri)
     now = mlflow.utils.time.get_current_time_millis()
-    entries = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()]
-    for step, epoch in enumerate(history):
-        entries += [mlflow.entities.Metric(f"epoch_{k}", float(v), now, step)
-                    for k, v in epoch.items() if k != "phase"]
-    note = [mlflow.entities.RunTag(NOTE, finished_note(metrics))]
-    for start in range(0, max(len(entries), 1), 1000):
-        client.log_batch(run_id, metrics=entries[start:start + 1000], tags=[] if start else note)
+    steps = [mlflow.entities.Metric(f"epoch_{k}", float(v), now, step)
+             for step, epoch in enumerate(history) for k, v in epoch.items() if k != "phase"]
+    _log_batch(client, run_id, metrics, {NOTE: finished_note(metrics)}, steps)
     NOTED_RUNS.add(run_id)
     for name, text in artifacts.items():
         client.log_text(run_id, redact(text), name)
 
 
+def _log_batch(client: MlflowClient, run_id: str, metrics: dict[str, float],
+                 tags: dict[str, str], steps: Sequence = ()) -> None:
+    """Step-0 metrics, per-step metrics and tags (redacted) with the run's pending facts, which
+    they replace where keys are shared, in one log_batch (MLflow's client splits it where a
+    request would hold too many)."""
+    pending_tags, pending_metrics = PENDING.pop(run_id, ({}, {}))
+    client.log_batch(run_id, metrics=_metrics(pending_metrics | metrics) + list(steps),
+                     tags=[mlflow.entities.RunTag(k, redact(v))
+                           for k, v in (pending_tags | tags).items()])
+
+
 def log_prepared(uri: str, run_id: str, prepared: Prepared) -> None:
-    """What the prepare stage found: the class names, the dataset (an MLflow input), the initial
-    weights and their source; tags and metrics in one request."""
+    """What the prepare stage found: the dataset (an MLflow input) and a source checkpoint's
+    manifest now; the class names and the initial weights' facts as tags and metrics pending
+    until the run's next batch (its results or its error: one request fewer a run)."""
     source, splits = prepared.source, prepared.splits
     tags, metrics = weights_facts(prepared.weights_sha256, prepared.checkpoint)
     tags["class_names"] = ", ".join(source.class_names)[:5000]
@@ -252,17 +263,17 @@ def log_prepared(uri: str, run_id: str, prepared: Prepared) -> None:
         metrics["source_overlap"] = prepared.source_overlap
     log_dataset_input(uri, run_id, prepared.config.data.name, source.fingerprint(), {
         "train": len(splits.train), "val": len(splits.val), "test": len(splits.test)})
-    _log_facts(uri, run_id, tags, metrics, prepared.checkpoint)
-
-
-def log_weights(uri: str, run_id: str, sha256: str | None, checkpoint: Checkpoint | None) -> None:
-    """The initial weights' checksum; for a source checkpoint its manifest, cost and cache hit."""
-    _log_facts(uri, run_id, *weights_facts(sha256, checkpoint), checkpoint)
+    if prepared.checkpoint is not None:
+        MlflowClient(uri).log_text(run_id, json.dumps(prepared.checkpoint.manifest, indent=2,
+                                                      sort_keys=True) + "\n",
+                                   "source_manifest.json")
+    PENDING[run_id] = (tags, metrics)
 
 
 def weights_facts(sha256: str | None,
                   checkpoint: Checkpoint | None) -> tuple[dict[str, str], dict[str, float]]:
-    """The tags and metrics that describe the initial weights (see log_weights)."""
+    """The tags and metrics that describe the initial weights: checksum; for a source checkpoint
+    its cost, cache hit, folder and validation accuracy."""
     tags = {"weights.sha256": sha256} if sha256 else {}
     metrics = {"pretrain_seconds": checkpoint.pretrain_seconds if checkpoint else 0.0}
     if checkpoint is not None:
@@ -270,17 +281,6 @@ def weights_facts(sha256: str | None,
                  "pretrain.checkpoint": str(checkpoint.weights_path.parent)}
         metrics["source_val_accuracy"] = checkpoint.manifest["source_val_accuracy"]
     return tags, metrics
-
-
-def _log_facts(uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float],
-               checkpoint: Checkpoint | None) -> None:
-    """Tags (redacted) and step-0 metrics in one request; a checkpoint's manifest as artifact."""
-    client = MlflowClient(uri)
-    client.log_batch(run_id, metrics=_metrics(metrics),
-                     tags=[mlflow.entities.RunTag(k, redact(v)) for k, v in tags.items()])
-    if checkpoint is not None:
-        client.log_text(run_id, json.dumps(checkpoint.manifest, indent=2, sort_keys=True) + "\n",
-                        "source_manifest.json")
 
 
 def log_dataset_input(uri: str, run_id: str, name: str, digest: str,
