@@ -204,6 +204,22 @@ def test_backend_is_read_as_keras_reads_it(tmp_path, how):
     assert out == ["jax", "jax", "jax"]
 
 
+@pytest.mark.parametrize("command", [[], ["rank"]])
+def test_a_backend_that_cannot_train_is_one_line_before_any_run(tmp_path, command):
+    """KERAS_BACKEND=numpy (Keras' inference-only backend) stops a run or a ranking with one
+    line naming the backends tlbench runs on, before any MLflow run is created."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = os.environ | {"KERAS_BACKEND": "numpy", "MLFLOW_TRACKING_URI": uri}
+    result = subprocess.run([sys.executable, "-m", "tlbench", *command, "data=digits59"],
+                            cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "Keras backend 'numpy' (KERAS_BACKEND, else keras.json) is not one tlbench runs on: "
+        "set KERAS_BACKEND to tensorflow, jax, torch"), result.stderr[-1500:]
+    client = MlflowClient(uri)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 def test_resize_matches_tensorflow_bilinear():
     """On TensorFlow, keras.ops resizing is tf.image.resize's (same numbers as before)."""
     import tensorflow as tf

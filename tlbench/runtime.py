@@ -17,6 +17,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from tlbench.errors import TlbenchError
+
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
@@ -30,9 +32,19 @@ class Accelerator:
 
 
 def backend() -> str:
-    """The Keras backend of this process: tensorflow, jax or torch. Read as Keras reads it
-    (KERAS_BACKEND, else keras.json, else tensorflow) until Keras is imported, so that a skipped
-    or planned run does not pay for importing the backend."""
+    """The Keras backend of this process: tensorflow, jax or torch; another (Keras' numpy or
+    openvino backends, which cannot train) is refused in one line."""
+    name = configured_backend()
+    if name not in BACKENDS:
+        raise TlbenchError(f"Keras backend {name!r} (KERAS_BACKEND, else keras.json) is not one "
+                           f"tlbench runs on: set KERAS_BACKEND to {', '.join(BACKENDS)}")
+    return name
+
+
+def configured_backend() -> str:
+    """The Keras backend named for this process, read as Keras reads it (KERAS_BACKEND, else
+    keras.json, else tensorflow) until Keras is imported, so that a skipped or planned run does
+    not pay for importing the backend."""
     if "keras" in sys.modules:
         return sys.modules["keras"].backend.backend()
     if os.environ.get("KERAS_BACKEND"):
