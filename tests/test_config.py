@@ -122,6 +122,12 @@ def test_input_size_null_means_backbone_default():
         ("trainer.optimizer=adamax", "expected one of adam, adamw, rmsprop, sgd"),
         ("trainer.epochs=many", "trainer.epochs"),
         ("+trainer.epoch=3", "trainer.epoch"),
+        ("seed=abc", "seed='abc' is invalid: expected a whole number from 0 to 2147483647"),
+        ("seed=-1", "seed=-1 is invalid"),
+        ("seed=1.5", "seed=1.5 is invalid"),
+        ("seed=2147483648", "seed=2147483648 is invalid"),
+        ("data.split_seed=-3", "data.split_seed=-3 is invalid"),
+        ("pretrain.seed=-1", "pretrain.seed=-1 is invalid"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

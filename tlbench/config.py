@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tlbench import registry
-from tlbench.errors import TlbenchError, check, check_choice
+from tlbench.errors import TlbenchError, check, check_choice, check_seed
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -138,6 +138,7 @@ class DataConfig:
         check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "in (0, 1)")
         check(self.val_fraction + self.test_fraction < 1, "data.test_fraction",
               self.test_fraction, "val_fraction + test_fraction < 1")
+        check_seed("data.split_seed", self.split_seed)
 
     def content_digest(self) -> str | None:
         """A digest of the files the source reads, where settings alone do not fix its content
@@ -193,6 +194,7 @@ class PretrainConfig:
         check(self.lr > 0, "pretrain.lr", self.lr, "a positive float")
         check(0 <= self.min_val_accuracy <= 1, "pretrain.min_val_accuracy",
               self.min_val_accuracy, "a float in [0, 1]")
+        check_seed("pretrain.seed", self.seed)
 
 
 @dataclass(kw_only=True)
@@ -231,6 +233,7 @@ class RunConfig:
     seed: int
 
     def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
         strategy = registry.STRATEGIES[self.strategy.name]
         strategy.validate(self)
         weights = self.backbone.weights or ""

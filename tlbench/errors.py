@@ -32,6 +32,15 @@ def check(ok: bool, key: str, value: object, expected: str) -> None:
         raise TlbenchError(f"{key}={value!r} is invalid: expected {expected}.")
 
 
+SEED_LIMIT = 2**31  # seeds below it suit NumPy, Python, TensorFlow, JAX and PyTorch alike
+
+
+def check_seed(key: str, value: object) -> None:
+    """Raise unless value is a seed every backend accepts: a whole number in [0, SEED_LIMIT)."""
+    check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SEED_LIMIT,
+          key, value, f"a whole number from 0 to {SEED_LIMIT - 1}")
+
+
 def check_choice(key: str, value: object, choices: Iterable[str]) -> None:
     """Raise unless value is one of choices, listing them."""
     choices = sorted(choices)
