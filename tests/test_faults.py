@@ -283,6 +283,24 @@ def test_server_output_never_prints_the_password(tmp_path):
     assert f":{password}@" not in ready
 
 
+def test_a_server_on_an_unreachable_database_stops_in_seconds(tmp_path):
+    """`tlbench server` on a database store with nothing on its port is one line in seconds
+    naming --backend-store-uri, password hidden (the MLflow server retried it for a minute)."""
+    from .test_sweep import free_port
+
+    backend = f"postgresql://tl:s3cr3t@127.0.0.1:{free_port()}/runs"
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "tlbench", "server", "--backend-store-uri", backend, "--port",
+         str(free_port()), "--log-file", str(tmp_path / "server.log"), "--artifacts",
+         str(tmp_path / "artifacts")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and time.monotonic() - start < 30
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "tlbench server: error: --backend-store-uri=postgresql://tl:***@127.0.0.1:")
+    assert "database unreachable" in result.stderr and "Traceback" not in result.stderr
+    assert "s3cr3t" not in result.stdout + result.stderr
+
+
 def test_sigterm_stops_the_server_with_its_mlflow_server(tmp_path):
     """A `kill` (SIGTERM) of `tlbench server` stops the MLflow server it started: its port is
     free again (before, the MLflow server outlived it, orphaned, holding the port)."""

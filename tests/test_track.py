@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -40,6 +41,34 @@ def test_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri(None) == "http://127.0.0.1:5000"
     assert resolve_tracking_uri("sqlite:////x/y.db") == "sqlite:////x/y.db"
+
+
+def test_unreachable_database_fails_in_seconds_without_its_password():
+    """A database store with nothing listening on its port is one line in seconds, not MLflow's
+    retries (about 100 s) and their traceback."""
+    with socket.socket() as probe:  # a free port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(TlbenchError, match="database unreachable") as err:
+        check_tracking_store(f"postgresql://tl:s3cr3t@127.0.0.1:{port}/runs")
+    assert time.monotonic() - start < 10
+    assert "\n" not in str(err.value) and "s3cr3t" not in str(err.value)
+    assert f"tracking.uri=postgresql://tl:***@127.0.0.1:{port}/runs" in str(err.value)
+
+
+@pytest.mark.skipif(not os.environ.get("TLBENCH_TEST_POSTGRES_URI"),
+                    reason="needs TLBENCH_TEST_POSTGRES_URI (.ci/run starts PostgreSQL)")
+def test_a_database_that_refuses_the_login_fails_in_seconds():
+    """A running PostgreSQL without the URI's database is one line naming the reason, in
+    seconds; the database itself passes."""
+    uri = os.environ["TLBENCH_TEST_POSTGRES_URI"]  # postgresql://user:password@host/db
+    check_tracking_store(uri)
+    start = time.monotonic()
+    with pytest.raises(TlbenchError, match='the database refused the connection .*"no_such_db" '
+                                           'does not exist'):
+        check_tracking_store(uri.rsplit("/", 1)[0] + "/no_such_db")
+    assert time.monotonic() - start < 10
 
 
 def test_unwritable_sqlite_location_is_refused(tmp_path):

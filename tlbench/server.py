@@ -112,7 +112,7 @@ def exposure_warning(host: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve until interrupted (Ctrl-C, SIGTERM or SIGHUP), then stop the MLflow server."""
-    from tlbench.store import redact
+    from tlbench.store import check_database, is_database, redact
     from tlbench.termination import Terminated, terminate_as_exception
 
     args = parse_args(argv)
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     try:
+        if is_database(backend):
+            check_database(backend, key="--backend-store-uri")
         with terminate_as_exception(), serve(backend, args.artifacts.resolve(), args.port,
                                              args.log_file, args.host, args.workers) as uri:
             print(f"MLflow tracking server ready at {uri} (backend {redact(backend)})",

@@ -9,10 +9,12 @@ import fcntl
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -21,11 +23,13 @@ from mlflow.tracking import MlflowClient
 from tlbench.errors import TlbenchError
 
 HTTP_CHECK_SECONDS = 5
+DATABASES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # MLflow's stores, default ports
 OUTAGE_SECONDS = 120  # a sweep's job waits this long for its tracking server (a restart)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs
 KIND_TAG, SWEEP_KIND = "tlbench.kind", "sweep"  # the parent run of a multirun
 OPENED_STORES: set[str] = set()
-"""The sqlite URIs this process has opened as MLflow stores (MLflow keeps one engine per URI)."""
+"""The sqlite URIs this process has opened as MLflow stores (MLflow keeps one engine per URI)
+and the database URIs it has logged in to."""
 EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
 """Experiment ids by tracking URI and name, as found in this process."""
 OPEN_PARENTS: dict[tuple[str, str, str], str] = {}
@@ -50,15 +54,33 @@ def resolve_tracking_uri(uri: str | None) -> str:
 def check_tracking_store(uri: str, wait: float = 0.0) -> None:
     """Fail in seconds, before any training, if the store cannot be written or reached (a new
     sqlite store gets its tables here, one process at a time; a sqlite store is opened once per
-    process); a tracking server that does not answer is given `wait` seconds more (a sweep's job
-    waits out a server restart)."""
+    process); a tracking server or database that does not answer is given `wait` seconds more (a
+    sweep's job waits out a restart)."""
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         _check_sqlite_location(path, uri)
         if uri not in OPENED_STORES:
             _create_sqlite_schema_once(path, uri)
     elif uri.startswith(("http://", "https://")):
-        _check_server(uri, wait)
+        _wait_for(uri, wait, _server_answers, "tracking server unreachable",
+                  "start it (mlflow server --host 127.0.0.1) or pass another tracking.uri")
+    elif is_database(uri):
+        check_database(uri, wait)
+
+
+def is_database(uri: str) -> bool:
+    """Whether the URI names a database store (postgresql, mysql, mssql, any driver)."""
+    return uri.split(":", 1)[0].split("+", 1)[0] in DATABASES
+
+
+def check_database(uri: str, wait: float = 0.0, key: str = "tracking.uri") -> None:
+    """The database's port must answer in seconds (plus `wait`, as for a server), and its login
+    succeed once per process: a refusal (user, password, database name, a missing driver) is
+    one line naming `key`, where MLflow retries it for about 100 s before its traceback."""
+    _wait_for(uri, wait, _database_port_answers, "database unreachable",
+              f"start it or pass another {key}", key)
+    if uri not in OPENED_STORES:
+        _check_database_login(uri, key)
 
 
 def _check_sqlite_location(path: Path, uri: str) -> None:
@@ -94,25 +116,62 @@ def _create_sqlite_schema_once(path: Path, uri: str) -> None:
         os.close(folder)  # releases the lock
 
 
-def _check_server(uri: str, wait: float) -> None:
-    """An HTTP tracking server must answer its health check within a few seconds (plus `wait`,
-    polled every 2 s after one warning line)."""
+def _wait_for(uri: str, wait: float, problem: Callable[[str], str | None], what: str,
+              fix: str, key: str = "tracking.uri") -> None:
+    """Return once `problem(uri)` finds none; raise its reason in one line when it still finds
+    one after `wait` seconds (polled every 2 s after one warning line)."""
     deadline = time.monotonic() + wait
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HTTP_CHECK_SECONDS):
-                return
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+    while (reason := problem(uri)) is not None:
         if time.monotonic() >= deadline:
-            raise TlbenchError(
-                f"tracking.uri={redact(uri)}: tracking server unreachable ({reason}); start it "
-                "(mlflow server --host 127.0.0.1) or pass another tracking.uri.")
+            raise TlbenchError(f"{key}={redact(uri)}: {what} ({reason}); {fix}.")
         if wait:
-            log.warning("tracking server %s unreachable (%s); waiting up to %.0f s for it",
-                        redact(uri), reason, deadline - time.monotonic())
+            log.warning("%s: %s (%s); waiting up to %.0f s for it", redact(uri), what, reason,
+                        deadline - time.monotonic())
             wait = 0.0  # warn once
         time.sleep(2)
+
+
+def _server_answers(uri: str) -> str | None:
+    """None when the HTTP tracking server answers its health check within HTTP_CHECK_SECONDS,
+    else why not."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HTTP_CHECK_SECONDS):
+            return None
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
+def _database_port_answers(uri: str) -> str | None:
+    """None when the database's port accepts a connection within HTTP_CHECK_SECONDS (or it is
+    reached by a local socket), else why not."""
+    import sqlalchemy
+
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+        if url.host:
+            port = url.port or DATABASES[url.get_backend_name()]
+            socket.create_connection((url.host, port), timeout=HTTP_CHECK_SECONDS).close()
+    except (OSError, ValueError, sqlalchemy.exc.ArgumentError) as exc:
+        return str(exc)
+    return None
+
+
+def _check_database_login(uri: str, key: str) -> None:
+    """Log in to the database, or raise why not in one line."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            engine.connect().close()
+        finally:
+            engine.dispose()
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+        reason = redact(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
+        raise TlbenchError(
+            f"{key}={redact(uri)}: the database refused the connection ({reason}); check the "
+            f"URI's user, password, database name and driver, or pass another {key}.") from None
+    OPENED_STORES.add(uri)
 
 
 def experiment_id(client: MlflowClient, name: str) -> str | None:
