@@ -123,10 +123,10 @@ def _wait_for(uri: str, wait: float, problem: Callable[[str], str | None], what:
     deadline = time.monotonic() + wait
     while (reason := problem(uri)) is not None:
         if time.monotonic() >= deadline:
-            raise TlbenchError(f"{key}={redact(uri)}: {what} ({reason}); {fix}.")
+            raise TlbenchError(f"{key}={redact(uri)}: {what} ({redact(reason)}); {fix}.")
         if wait:
-            log.warning("%s: %s (%s); waiting up to %.0f s for it", redact(uri), what, reason,
-                        deadline - time.monotonic())
+            log.warning("%s: %s (%s); waiting up to %.0f s for it", redact(uri), what,
+                        redact(reason), deadline - time.monotonic())
             wait = 0.0  # warn once
         time.sleep(2)
 
