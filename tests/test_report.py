@@ -420,6 +420,8 @@ def test_cli_defaults_to_latest_sweep_and_env_tracking_uri(
     (["--tracking-uri", "sqlite:////nonexistent/dir/mlflow.db"],
      "no MLflow tracking store at /nonexistent/dir/mlflow.db"),
     (["--tracking-uri", "http://127.0.0.1:9"], "cannot read tracking store http://127.0.0.1:9"),
+    (["--tracking-uri", "postgresql://tl:s3cr3t@127.0.0.1:9/runs"],  # in seconds, not ~100 s
+     "--tracking-uri=postgresql://tl:***@127.0.0.1:9/runs: database unreachable"),
 ])
 def test_bad_input_is_one_line_on_stderr_and_status_1(
         store: tuple[str, MlflowClient, str], tmp_path: Path, capsys: pytest.CaptureFixture,

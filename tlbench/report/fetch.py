@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
 from tlbench.errors import TlbenchError
-from tlbench.store import redact
+from tlbench.store import check_database, is_database, redact
 
 PAGE_SIZE = 1000
 
@@ -40,10 +40,13 @@ def local_store_path(uri: str) -> Path | None:
 
 
 def connect(uri: str) -> MlflowClient:
-    """A client for `uri`; a local store must already exist (MLflow would silently create one)."""
+    """A client for `uri`; a local store must already exist (MLflow would silently create one),
+    a database answer in seconds (MLflow retries one for about 100 s)."""
     path = local_store_path(uri)
     if path is not None and not path.exists():
         raise TlbenchError(f"no MLflow tracking store at {path} (tracking URI {redact(uri)})")
+    if is_database(uri):
+        check_database(uri, key="--tracking-uri")
     with store_errors(f"cannot open tracking store {uri}"):
         return MlflowClient(tracking_uri=uri)
 
