@@ -10,7 +10,7 @@ from tlbench.confusion import confusion_figure, confusion_image
 
 
 def drawn(fig, alpha: bool = True) -> np.ndarray:
-    """The figure's pixels as Agg draws them, whole (RGB: opaque, alpha checked and left out)."""
+    """The figure's pixels as Agg draws them, whole: RGBA, or RGB (alpha checked opaque)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)

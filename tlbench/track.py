@@ -194,7 +194,7 @@ def tracked_run(config: RunConfig, uri: str, tags: dict[str, str], digest: str |
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         error = _error_tag(exc)
         _log_batch(client, run_id, getattr(exc, "metrics", {}),
-                     {"error": error, NOTE: f"{status}: {error}"})
+                   {"error": error, NOTE: f"{status}: {error}"})
         client.set_terminated(run_id, status)
         raise
     if run_id not in NOTED_RUNS:
@@ -242,7 +242,7 @@ def log_result(uri: str, run_id: str, metrics: dict[str, float], history: list[d
 
 
 def _log_batch(client: MlflowClient, run_id: str, metrics: dict[str, float],
-                 tags: dict[str, str], steps: Sequence = ()) -> None:
+               tags: dict[str, str], steps: Sequence = ()) -> None:
     """Step-0 metrics, per-step metrics and tags (redacted) with the run's pending facts, which
     they replace where keys are shared, in one log_batch (MLflow's client splits it where a
     request would hold too many)."""
