@@ -1,7 +1,7 @@
 """In-memory arrays as Keras inputs: training and validation batches, chained prediction batches.
 
-Unshuffled pipelines yield the same batches however often they are iterated, so the last one
-of each kind is kept with the arrays it holds and reused for equal arrays: a sweep's later
+Unshuffled tf.data pipelines yield the same batches however often they are iterated, so the last
+one of each kind is kept with the arrays it holds and reused for equal arrays: a sweep's later
 runs on the same cached features and splits iterate it again instead of building it (the
 validation and prediction pipelines cost ~8 ms a run to build on 2 cores).
 """
@@ -29,18 +29,19 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | N
     a tf.data pipeline on TensorFlow, an ArrayBatches elsewhere. (tf.data's cache() would only
     copy these arrays again.) `prefetch=False` leaves out tf.data's prefetch thread and its
     tuning, which cost more than they overlap for a head on cached features (a 10-epoch fit
-    ~10% faster); the batches are the same. Unshuffled ones are `reused`."""
-    if shuffle_seed is None:
-        return reused(("batches", batch_size, prefetch), [x, y],
-                      lambda: _batches(x, y, batch_size, None, prefetch))
-    return _batches(x, y, batch_size, shuffle_seed, prefetch)
-
-
-def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None,
-             prefetch: bool):
-    """A new pipeline of `batches`."""
+    ~10% faster); the batches are the same. Unshuffled tf.data pipelines are `reused` (an
+    ArrayBatches costs less to build than to compare)."""
     if runtime.backend() != "tensorflow":
         return ArrayBatches(x, y, batch_size, shuffle_seed)
+    if shuffle_seed is None:
+        return reused(("batches", batch_size, prefetch), [x, y],
+                      lambda: _tf_batches(x, y, batch_size, None, prefetch))
+    return _tf_batches(x, y, batch_size, shuffle_seed, prefetch)
+
+
+def _tf_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None,
+                prefetch: bool):
+    """A new tf.data pipeline of `batches`."""
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
@@ -80,16 +81,16 @@ class ArrayBatches(keras.utils.PyDataset):
 
 
 def chained_batches(arrays: list[np.ndarray], batch_size: int):
-    """Unlabelled batches of each array in turn, in order (`reused`): tf.data on TensorFlow
-    (inputs only, one prefetch: 7 ms less a run's prediction than labelled, prefetched
-    pieces), else a PyDataset."""
-    return reused(("chained", batch_size), arrays, lambda: _chained(arrays, batch_size))
-
-
-def _chained(arrays: list[np.ndarray], batch_size: int):
-    """A new pipeline of `chained_batches`."""
+    """Unlabelled batches of each array in turn, in order: tf.data on TensorFlow (inputs only,
+    one prefetch: 7 ms less a run's prediction than labelled, prefetched pieces; `reused`),
+    else a PyDataset."""
     if runtime.backend() != "tensorflow":
         return ChainedBatches(arrays, batch_size)
+    return reused(("chained", batch_size), arrays, lambda: _tf_chained(arrays, batch_size))
+
+
+def _tf_chained(arrays: list[np.ndarray], batch_size: int):
+    """A new tf.data pipeline of `chained_batches`."""
     import tensorflow as tf
 
     chained = None

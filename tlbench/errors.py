@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+SEED_LIMIT = 2**31  # seeds below it suit NumPy, Python, TensorFlow, JAX and PyTorch alike
+
 
 class TlbenchError(Exception):
     """A user-facing error: one actionable line; the entry points print it and exit non-zero.
@@ -30,9 +32,6 @@ def check(ok: bool, key: str, value: object, expected: str) -> None:
     """Raise a one-line error naming the key, the bad value and what is valid."""
     if not ok:
         raise TlbenchError(f"{key}={value!r} is invalid: expected {expected}.")
-
-
-SEED_LIMIT = 2**31  # seeds below it suit NumPy, Python, TensorFlow, JAX and PyTorch alike
 
 
 def check_seed(key: str, value: object) -> None:
