@@ -169,6 +169,8 @@ def assert_one_line_error(result, *fragments: str) -> None:
     (["strategy=partial_finetune", "strategy.unfreeze_blocks=9"],
      ["strategy.unfreeze_blocks=9 is invalid: expected 1 to 5: mobilenetv2 has 5 stages"]),
     (["data.train_size=lots"], ["data.train_size='lots' is invalid"]),
+    (["tracking.experiment="], ["tracking.experiment='' is invalid: expected a name of 1 to 500"]),
+    (["tracking.run_name="], ["tracking.run_name='' is invalid: expected a name"]),
 ])
 def test_config_errors_are_one_line_and_leave_no_run(tmp_path, args, fragments):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -192,6 +194,33 @@ def test_a_file_that_is_not_a_store_is_one_line_before_any_job(tmp_path, multiru
     assert_one_line_error(result, "is not a usable MLflow store (file is not a database)")
     assert result.stderr.strip().splitlines()[-1].startswith("tlbench: error: tracking.uri=")
     assert "Launching" not in result.stderr + result.stdout
+
+
+def test_a_blank_experiment_is_one_line_before_any_job(tmp_path):
+    """MLflow refuses the name: the sweep stops before launching (it warned, then failed every
+    job with MLflow's exception)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench("-m", "tracking.experiment=", "seed=0,1", cwd=tmp_path, uri=uri)
+    assert_one_line_error(result)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "tlbench: error: tracking.experiment='' is invalid: expected a name of 1 to 500 "
+        "characters (MLflow's limit).")
+    assert "Launching" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("key", "weights"), [("cache.dir", "null"),
+                                              ("pretrain.cache_dir", "source:digits04")])
+def test_a_cache_folder_that_cannot_be_written_is_one_line_and_leaves_no_run(tmp_path, key,
+                                                                             weights):
+    (tmp_path / "file").write_text("")
+    folder = tmp_path / "file" / "cache"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench(f"{key}={folder}", f"backbone.weights={weights}", cwd=tmp_path, uri=uri)
+    assert_one_line_error(result)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"tlbench: error: {key}={folder}: cannot write there (Not a directory); set {key} or "
+        "$TLBENCH_CACHE to a writable folder.")
+    assert runs_of(uri) == []
 
 
 def test_unreachable_size_leaves_a_failed_run_with_the_reason(tmp_path):

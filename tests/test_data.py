@@ -43,6 +43,21 @@ def test_total_subset_keeps_class_proportions():
     assert np.all(np.abs(counts - expected) <= 1)
 
 
+@pytest.mark.parametrize(("labels", "names", "size", "left_out", "least"), [
+    (np.repeat(np.arange(5), 20), None, "total:4", "class 4", "total:5"),
+    (np.repeat([0, 1], [2, 200]), ("rare", "common"), "total:50", "class rare", "total:51"),
+])
+def test_a_total_that_leaves_a_class_out_is_refused_with_the_least_that_does_not(
+        labels, names, size, left_out, least):
+    """Fewer images than classes, or a class so small its share comes after the total: the
+    error names the class and the smallest total that keeps every class, which does."""
+    with pytest.raises(TlbenchError) as error:
+        nested_subset(labels, size, seed=0, class_names=names)
+    assert f"{size} leaves {left_out} without a training image" in str(error.value)
+    assert f"use {least} or more" in str(error.value)
+    assert set(labels[nested_subset(labels, least, seed=0, class_names=names)]) == set(labels)
+
+
 def test_all_is_the_whole_pool():
     assert np.array_equal(nested_subset(LABELS, "all", seed=3), np.arange(len(LABELS)))
 

@@ -262,6 +262,20 @@ def test_server_warns_when_exposed():
     assert "no authentication" in exposure_warning("0.0.0.0")
 
 
+@pytest.mark.parametrize(("option", "message"), [
+    (["--port", "99999"], "argument --port: '99999' is not a whole number from 1 to 65535"),
+    (["--workers", "0"], "argument --workers: '0' is not a whole number of 1 or more"),
+])
+def test_server_refuses_an_out_of_range_option_before_starting_mlflow(tmp_path, option,
+                                                                      message):
+    """A port past 65535 reached MLflow's server, which failed to bind after 6 s."""
+    done = subprocess.run([sys.executable, "-m", "tlbench", "server", *option], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"tlbench server: error: {message}"
+    assert not (tmp_path / "mlflow-server.log").exists()
+
+
 @pytest.mark.skipif(not os.environ.get("TLBENCH_TEST_POSTGRES_URI"),
                     reason="needs TLBENCH_TEST_POSTGRES_URI (.ci/run starts PostgreSQL)")
 def test_server_output_never_prints_the_password(tmp_path):

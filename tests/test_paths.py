@@ -1,9 +1,14 @@
-"""File digests: hashed once per process and version of the file, never stale for a fresh one."""
+"""File digests: hashed once per process and version of the file, never stale for a fresh one;
+cache folders checked before a run writes to them."""
 
 import hashlib
 import os
 import time
 
+import pytest
+
+from tlbench import paths
+from tlbench.errors import TlbenchError
 from tlbench.paths import RECENT_NS, sha256_of
 
 
@@ -32,3 +37,17 @@ def test_a_recently_modified_file_is_hashed_every_time(tmp_path):
     assert sha256_of(path) == hashlib.sha256(b"a" * 1000).hexdigest()
     _write(path, b"b" * 1000, now)  # rewritten within one timestamp tick
     assert sha256_of(path) == hashlib.sha256(b"b" * 1000).hexdigest()
+
+
+def test_a_writable_cache_is_created_and_an_unwritable_one_named_with_its_origin(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cache"))
+    assert paths.writable_cache("features", None, "cache.dir") == tmp_path / "cache" / "features"
+    assert (tmp_path / "cache" / "features").is_dir()
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "file"))
+    with pytest.raises(TlbenchError) as error:
+        paths.writable_cache("features", None, "cache.dir")
+    assert str(error.value) == (
+        f"the features cache {tmp_path / 'file' / 'features'} (from $TLBENCH_CACHE): cannot "
+        "write there (Not a directory); set cache.dir or $TLBENCH_CACHE to a writable folder.")

@@ -74,8 +74,10 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
     adapt = strategy.for_run(config)
     entry = config.backbone.entry()
     weights = adapt.weights(entry, config.backbone.weights)
+    route = adapt.route(config, entry)
+    prepare.check_cache_folders(config, weights, route.inputs != "images")
     tags = job_tags(sweep_info) | track.environment_tags(config.trainer.precision) | {
-        "weights.kind": weights_kind(weights), "inputs": adapt.route(config, entry).inputs}
+        "weights.kind": weights_kind(weights), "inputs": route.inputs}
     with track.tracked_run(config, uri, tags, digest) as run_id:
         prepared = prepare.prepare(config, weights, threads)
         track.log_prepared(uri, run_id, prepared)

@@ -209,6 +209,9 @@ class CacheConfig:
         check(self.fill_limit >= 0, "cache.fill_limit", self.fill_limit, "0 or more")
 
 
+MAX_EXPERIMENT_NAME = 500
+
+
 @dataclass(kw_only=True)
 class TrackingConfig:
     """Where runs are logged; never part of a run's identity (config_hash)."""
@@ -217,6 +220,18 @@ class TrackingConfig:
     experiment: str
     run_name: str
     resume: bool
+
+    def __post_init__(self) -> None:
+        check_experiment_name(self.experiment)
+        check(bool(self.run_name.strip()), "tracking.run_name", self.run_name, "a name")
+
+
+def check_experiment_name(name: object) -> None:
+    """Raise unless `name` is an MLflow experiment name: 1 to MAX_EXPERIMENT_NAME characters,
+    not all blank."""
+    check(isinstance(name, str) and bool(name.strip()) and len(name) <= MAX_EXPERIMENT_NAME,
+          "tracking.experiment", name,
+          f"a name of 1 to {MAX_EXPERIMENT_NAME} characters (MLflow's limit)")
 
 
 @dataclass(kw_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from collections.abc import Iterable
 
 SEED_LIMIT = 2**31  # seeds below it suit NumPy, Python, TensorFlow, JAX and PyTorch alike
@@ -44,3 +45,20 @@ def check_choice(key: str, value: object, choices: Iterable[str]) -> None:
     """Raise unless value is one of choices, listing them."""
     choices = sorted(choices)
     check(value in choices, key, value, "one of " + ", ".join(choices))
+
+
+def whole_number(low: int, high: int | None = None):
+    """An argparse type for a command's option: a whole number from `low` (to `high`), else
+    a usage error saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise ArgumentTypeError(
+                f"{text!r} is not a whole number "
+                + (f"from {low} to {high}" if high is not None else f"of {low} or more"))
+        return value
+
+    return parse

@@ -7,8 +7,11 @@ import functools
 import hashlib
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
+
+from tlbench.errors import TlbenchError
 
 
 def cache_dir(kind: str, configured: str | None = None) -> Path:
@@ -16,6 +19,22 @@ def cache_dir(kind: str, configured: str | None = None) -> Path:
     if configured:
         return Path(configured).expanduser()
     return Path(os.environ.get("TLBENCH_CACHE") or "~/.cache/tlbench").expanduser() / kind
+
+
+def writable_cache(kind: str, configured: str | None, key: str) -> Path:
+    """`cache_dir(kind, configured)`, created if missing; one line naming `key` (or
+    $TLBENCH_CACHE) where it cannot be written, before a run spends anything on it."""
+    folder = cache_dir(kind, configured)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()  # a real write: root passes os.access
+    except OSError as exc:
+        origin = f"{key}={configured}" if configured else (
+            f"the {kind} cache {folder} (from $TLBENCH_CACHE)" if os.environ.get("TLBENCH_CACHE")
+            else f"the {kind} cache {folder} (the default)")
+        raise TlbenchError(f"{origin}: cannot write there ({exc.strerror or exc}); set {key} or "
+                           "$TLBENCH_CACHE to a writable folder.") from None
+    return folder
 
 
 def keras_home() -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tlbench import backbone, data, pretrain, runtime
+from tlbench import backbone, data, paths, pretrain, runtime
 from tlbench.backbone import BackboneSpec
 from tlbench.config import RunConfig
 from tlbench.errors import TlbenchError
@@ -101,6 +101,16 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
         backbone.weights_sha256(entry, config.backbone.input_size, weights)
     prepared.setup_seconds = data_seconds + time.perf_counter() - start  # a build included
     return prepared
+
+
+def check_cache_folders(config: RunConfig, weights: str | None, frozen_cached: bool) -> None:
+    """Create the feature cache (where the run caches frozen outputs) and, for source:<name>
+    weights, the source-checkpoint cache, or fail with one line before the run's MLflow run
+    starts."""
+    if frozen_cached:
+        paths.writable_cache("features", config.cache.dir, "cache.dir")
+    if backbone.weights_kind(weights) == "source":
+        paths.writable_cache("pretrained", config.pretrain.cache_dir, "pretrain.cache_dir")
 
 
 def weights_on_disk(entry: BackboneSpec, input_size: int, weights: str | None) -> bool:

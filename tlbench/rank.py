@@ -274,7 +274,11 @@ def rank(overrides: list[str]) -> list[Candidate]:
 
     runtime.cap_threads_before_start(candidates[0].config.trainer.threads)
     import_keras()
-    from tlbench import track
+    from tlbench import prepare, track
+
+    for candidate in candidates:
+        prepare.check_cache_folders(candidate.config, candidate.config.backbone.weights,
+                                    candidate.config.cache.enabled)
 
     precision = candidates[0].config.trainer.precision  # rank refuses lists of trainer.*
     tags = track.environment_tags(precision) | {

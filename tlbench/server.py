@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tlbench.errors import TlbenchError
+from tlbench.errors import TlbenchError, whole_number
 
 START_TIMEOUT_SECONDS = 60
 # MLflow's GenAI job runner (seven huey worker processes) is of no use to tlbench; without it the
@@ -87,7 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="tlbench server",
         description="Start a real MLflow tracking server on 127.0.0.1 and print the tracking.uri "
                     "to pass to sweeps (parallel workers log to it over HTTP).")
-    parser.add_argument("--port", type=int, default=5000, help="port to listen on (5000)")
+    parser.add_argument("--port", type=whole_number(1, 65535), default=5000,
+                        help="port to listen on (5000)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (127.0.0.1; use 0.0.0.0 for a cluster head node)")
     parser.add_argument("--backend-store-uri", default=None,
@@ -95,7 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "postgresql://user:pass@host:5432/db")
     parser.add_argument("--artifacts", type=Path, default=Path("mlartifacts"),
                         help="folder the server stores artifacts in (./mlartifacts)")
-    parser.add_argument("--workers", type=int, default=2, help="server worker processes (2)")
+    parser.add_argument("--workers", type=whole_number(1), default=2,
+                        help="server worker processes (2)")
     parser.add_argument("--log-file", type=Path, default=Path("mlflow-server.log"),
                         help="where the server's own output goes (./mlflow-server.log)")
     return parser.parse_args(argv)

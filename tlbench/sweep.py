@@ -209,8 +209,10 @@ def prepare_store(config: DictConfig) -> None:
     """Check the store; create schema and experiment once, so parallel jobs never race on them."""
     from mlflow.tracking import MlflowClient
 
+    from tlbench.config import check_experiment_name
     from tlbench.store import check_tracking_store, ensure_experiment, resolve_tracking_uri
 
+    check_experiment_name(config.tracking.experiment)
     uri = resolve_tracking_uri(config.tracking.uri)
     check_tracking_store(uri)
     ensure_experiment(MlflowClient(uri), config.tracking.experiment)

@@ -91,7 +91,8 @@ def nested_subset(labels: np.ndarray, train_size: str, seed: int,
         return np.arange(len(labels))
     orders = _class_orders(labels, seed)
     if train_size.startswith("total:"):
-        return _total_subset(orders, int(train_size.removeprefix("total:")), len(labels))
+        return _total_subset(orders, int(train_size.removeprefix("total:")), len(labels),
+                             class_names)
     per_class = int(train_size)
     smallest = min(orders, key=lambda c: len(orders[c]))
     if per_class > len(orders[smallest]):
@@ -104,16 +105,27 @@ def nested_subset(labels: np.ndarray, train_size: str, seed: int,
     return np.sort(np.concatenate([order[:per_class] for order in orders.values()]))
 
 
-def _total_subset(orders: dict[int, np.ndarray], total: int, available: int) -> np.ndarray:
-    """The first `total` images of a class-proportional interleaving of the seeded class orders."""
+def _total_subset(orders: dict[int, np.ndarray], total: int, available: int,
+                  class_names: tuple[str, ...] | None) -> np.ndarray:
+    """The first `total` images of a class-proportional interleaving of the seeded class orders;
+    refused where that leaves a class without an image."""
     if total > available:
         raise TlbenchError(f"data.train_size=total:{total} is more than the training pool's "
                            f"{available} images; use total:{available} or all.")
-    keys, positions = [], []
+    keys, positions, owners = [], [], []
     for c, order in orders.items():
         keys.append((np.arange(len(order)) + 0.5) / len(order) + c * 1e-9)
         positions.append(order)
+        owners.append(np.full(len(order), c))
     ranking = np.argsort(np.concatenate(keys), kind="stable")
+    classes, firsts = np.unique(np.concatenate(owners)[ranking], return_index=True)
+    if total <= firsts.max():
+        left_out = int(classes[firsts.argmax()])
+        raise TlbenchError(
+            f"data.train_size=total:{total} leaves class "
+            f"{class_names[left_out] if class_names else left_out} without a training image (a "
+            f"stratified total keeps the classes' proportions); use total:{firsts.max() + 1} or "
+            "more, or a count per class.")
     return np.sort(np.concatenate(positions)[ranking[:total]])
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tlbench.errors import TlbenchError
+from tlbench.errors import TlbenchError, whole_number
 
 DESCRIPTION = """\
 Rank a tlbench sweep's configurations by the mean of a metric over seeds, with 95% CIs, from
@@ -32,13 +32,6 @@ Examples: python -m tlbench.report --sweep multirun_2025-01-01_12-00-00-1a2b3c \
   --filter "params.`backbone.name` = 'resnet50'" --out reports/
   python -m tlbench report --tune trainer.lr,strategy.lr_scale   (after -m +sweep=tuned)
 """
-
-
-def positive_int(text: str) -> int:
-    """argparse type for a count of at least 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def param_names(text: str) -> tuple[str, ...]:
@@ -70,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="extra MLflow filter ANDed with the sweep, e.g. "
                              "\"params.`backbone.name` = 'resnet50'\" (dotted names need "
                              "backticks)")
-    parser.add_argument("--top", type=positive_int, metavar="N",
+    parser.add_argument("--top", type=whole_number(1), metavar="N",
                         help="show only the N best configurations in the ranking table "
                              "(default: all)")
     parser.add_argument("--tune", type=param_names, default=(), metavar="KEY[,KEY...]",
