@@ -345,6 +345,25 @@ def test_sweep_without_finished_runs_still_lists_failures(runs: pd.DataFrame) ->
     assert "| FAILED |" in markdown and "## Ranking" not in markdown
 
 
+def test_a_sweep_whose_runs_failed_before_any_metric_is_reported_with_their_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A sweep that only failed (a bad data.path: no metric at all) gets its report of
+    failures, as one whose failed runs logged metrics does, not "no run logged metric"."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("tlbench")
+    for seed in (0, 1):
+        log_run(client, experiment, f"bad-s{seed}", 1_700_000_000_000 + seed, "FAILED",
+                run_params("mobilenetv2", "feature_extraction", "all", seed), {},
+                {"sweep_id": "sweep-f", "error": "TlbenchError: data.path: no such file"})
+    out = tmp_path / "reports"
+    assert report_main(["--tracking-uri", uri, "--out", str(out)]) == 0, capsys.readouterr().err
+    markdown = (out / "tlbench-sweep-f.md").read_text(encoding="utf-8")
+    assert "- **Runs:** 2: 0 finished, 2 failed" in markdown
+    assert "No finished run logged **test\\_accuracy**: nothing to rank." in markdown
+    assert markdown.count("| FAILED | TlbenchError: data.path: no such file |") == 2
+
+
 # The CLI end to end.
 
 def test_cli_writes_report_with_ranking_and_progress(report: tuple[Path, str, str]) -> None:

@@ -57,8 +57,11 @@ def tidy_runs(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     if missing:
         raise TlbenchError(f"runs lack param(s) {', '.join(missing)}: not tlbench runs?")
     if f"metrics.{metric}" not in runs:
-        logged = sorted(c.removeprefix("metrics.") for c in runs if c.startswith("metrics."))
-        raise TlbenchError(f"no run logged metric {metric!r}; logged: {', '.join(logged)}")
+        if not (runs["status"] == FINISHED).any():  # nothing to rank; the report lists them
+            runs = runs.assign(**{f"metrics.{metric}": np.nan})
+        else:
+            logged = sorted(c.removeprefix("metrics.") for c in runs if c.startswith("metrics."))
+            raise TlbenchError(f"no run logged metric {metric!r}; logged: {', '.join(logged)}")
     done = latest_per_config(runs[(runs["status"] == FINISHED) & runs[f"metrics.{metric}"].notna()])
     params = [c for c in runs if c.startswith("params.") and c != "params.seed"]
     tidy = pd.DataFrame({c.removeprefix("params."): done[c].fillna(MISSING) for c in params})
