@@ -378,6 +378,36 @@ def test_npz_missing_keys_or_mismatched_lengths(tmp_path, arrays, message):
         load_npz_images(data_config("npz", path=str(path)))
 
 
+@pytest.mark.parametrize(("names", "expected"), [(None, ("cat", "dog", "owl")),
+                                               (["owl", "dog", "cat"], ("owl", "dog", "cat"))])
+def test_npz_string_labels_are_class_names(tmp_path, names, expected):
+    """Labels stored as names (a traceback from NumPy before): ids in class_names' order, else
+    in sorted order."""
+    path = tmp_path / "named.npz"
+    pets = np.array(["dog", "cat", "owl"])
+    np.savez(path, x_train=np.zeros((6, 8, 8), np.uint8), y_train=np.tile(pets, 2),
+             x_test=np.zeros((3, 8, 8), np.uint8), y_test=pets,
+             **({} if names is None else {"class_names": np.array(names)}))
+    source = load_npz_images(data_config("npz", path=str(path)))
+    assert source.class_names == expected
+    assert [source.class_names[i] for i in source.labels] == [*np.tile(pets, 2), *pets]
+
+
+@pytest.mark.parametrize(("labels", "names", "message"), [
+    (np.array(["dog", "cat"] * 3), ["dog"], "labels 'cat' are not in class_names"),
+    (np.linspace(0, 1, 6), None, "must be integer class indices 0..k-1 or class names as "
+                                 r"strings \(got float64\)"),
+    (np.array([0, 1, -1, 0, 1, 0]), None, r"\(got int64, min -1\)"),
+])
+def test_npz_labels_that_are_not_classes(tmp_path, labels, names, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x_train=np.zeros((6, 8, 8), np.uint8), y_train=labels,
+             x_test=np.zeros((1, 8, 8), np.uint8), y_test=labels[:1],
+             **({} if names is None else {"class_names": np.array(names)}))
+    with pytest.raises(TlbenchError, match=message):
+        load_npz_images(data_config("npz", path=str(path)))
+
+
 def test_npz_that_is_not_an_npz(tmp_path):
     (tmp_path / "x.npz").write_text("hello")
     with pytest.raises(TlbenchError, match="cannot read it as an .npz file"):

@@ -68,6 +68,32 @@ def _read_array(archive, key: str, path: str) -> np.ndarray:
             "class_names as np.array(names, dtype=str).") from None
 
 
+def _class_ids(labels: np.ndarray, names: np.ndarray | None,
+               path: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Class ids 0..k-1 and the class names: integer labels as they are (named by class_names,
+    else by their ids); string labels are the names (class_names' order, else sorted)."""
+    if labels.dtype.kind in "US":
+        labels = labels.astype(str).tolist()
+        known = [str(n) for n in names] if names is not None else sorted(set(labels))
+        index = {name: i for i, name in enumerate(known)}
+        unknown = sorted(set(labels) - index.keys())
+        if unknown:
+            raise TlbenchError(f"data.path={path}: labels {', '.join(map(repr, unknown[:5]))} "
+                               "are not in class_names; name every class there, or leave "
+                               "class_names out.")
+        return np.array([index[label] for label in labels], dtype=np.int64), tuple(known)
+    if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
+        low = f", min {labels.min()}" if np.issubdtype(labels.dtype, np.integer) else ""
+        raise TlbenchError(f"data.path={path}: y_train/y_test must be integer class indices "
+                           f"0..k-1 or class names as strings (got {labels.dtype}{low}).")
+    n_classes = int(labels.max()) + 1
+    if names is not None and len(names) != n_classes:
+        raise TlbenchError(f"data.path={path}: class_names has {len(names)} names but the "
+                           f"labels go up to {n_classes - 1}; give one name per class.")
+    return labels.astype(np.int64), tuple(str(n) for n in names) if names is not None else \
+        tuple(str(c) for c in range(n_classes))
+
+
 def load_npz_images(cfg: NpzConfig) -> LabelledImages:
     """x_train, y_train, x_test, y_test (optional class_names) from one .npz; test split kept."""
     path = Path(cfg.path).expanduser()
@@ -100,21 +126,13 @@ def load_npz_images(cfg: NpzConfig) -> LabelledImages:
     if x_train.shape[1:] != x_test.shape[1:]:
         raise TlbenchError(f"data.path={cfg.path}: x_train images are {x_train.shape[1:]} but "
                            f"x_test images are {x_test.shape[1:]}; use one image shape.")
-    labels = np.concatenate([arrays["y_train"].reshape(-1), arrays["y_test"].reshape(-1)])
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise TlbenchError(f"data.path={cfg.path}: y_train/y_test must be integer class indices "
-                           f"0..k-1 (got {labels.dtype}, min {labels.min()}).")
-    n_classes = int(labels.max()) + 1
-    if names is not None and len(names) != n_classes:
-        raise TlbenchError(f"data.path={cfg.path}: class_names has {len(names)} names but the "
-                           f"labels go up to {n_classes - 1}; give one name per class.")
-    class_names = tuple(str(n) for n in names) if names is not None else \
-        tuple(str(c) for c in range(n_classes))
+    labels, class_names = _class_ids(
+        np.concatenate([arrays["y_train"].reshape(-1), arrays["y_test"].reshape(-1)]), names,
+        cfg.path)
     size = source_size(cfg)
     if min(x_train.shape[1:3]) < size:
         note_upscaling(f"npz {path.name}", len(labels), len(labels), x_train.shape[2:0:-1], size)
-    return LabelledImages(ArrayImages(np.concatenate([x_train, x_test]), size),
-                          labels.astype(np.int64),
+    return LabelledImages(ArrayImages(np.concatenate([x_train, x_test]), size), labels,
                           class_names, np.arange(len(x_train), len(labels)))
 
 
