@@ -137,7 +137,8 @@ def test_config_hash_follows_the_file_content(files, tmp_path):
 
 @pytest.mark.parametrize(("path", "message"), [
     ("missing.keras", "missing.keras: no such file"),
-    ("junk.keras", "junk.keras: not a saved Keras model"),
+    ("junk.keras", "junk.keras: not a saved Keras model (a .keras file is a zip archive; "
+                   "this one is not)"),
     ("dense.keras", "dense.keras: no layer outputs a feature map"),
     ("vector.keras", "vector.keras: the model takes inputs of shape [(None, 20)], not one batch "
                      "of RGB images"),
@@ -178,6 +179,7 @@ def test_keras_file_runs_through_the_cli(files, tmp_path):
     assert run.data.params["backbone.path"] == str(files / "tiny.keras")
     assert run.data.params["backbone.preprocess"] == "none"
     assert run.data.tags["inputs"] == "cut" and run.data.tags["weights.kind"] == "file"
+    assert "I0000" not in result.stderr  # Keras, imported to check the file, imported quietly
 
 
 LAYERS = "tlbench_test_layers"

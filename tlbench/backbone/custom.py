@@ -16,6 +16,7 @@ import inspect
 import os
 import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,9 @@ def loaded(path: str, digest: str):
     """The saved model, loaded once per content; one line when the file is not a Keras model."""
     import keras
 
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):  # Keras: "File not found"
+        raise TlbenchError(f"backbone.path={path}: not a saved Keras model (a .keras file is a "
+                           "zip archive; this one is not); save one with model.save('name.keras').")
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:
@@ -167,7 +171,11 @@ def load_error(path: str, exc: Exception) -> TlbenchError:
 
 def headless(path: str, digest: str):
     """The saved model up to its last layer with a feature map (batch, height, width, channels):
-    a classifier top (global pooling, Flatten, Dense) is cut off."""
+    a classifier top (global pooling, Flatten, Dense) is cut off. Checking the config comes
+    here first: Keras is imported quietly."""
+    from tlbench.quiet import import_keras
+
+    import_keras()
     import keras
 
     model = loaded(path, digest)

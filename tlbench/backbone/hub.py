@@ -72,7 +72,11 @@ class KerasHubConfig(BackboneConfig):
 
 
 def keras_hub():
-    """The keras_hub module; one line when it is not installed."""
+    """The keras_hub module (Keras imported first, quietly); one line when it is not
+    installed."""
+    from tlbench.quiet import import_keras
+
+    import_keras()
     try:
         import keras_hub
     except ImportError:
