@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -221,6 +222,29 @@ def test_a_cache_folder_that_cannot_be_written_is_one_line_and_leaves_no_run(tmp
         f"tlbench: error: {key}={folder}: cannot write there (Not a directory); set {key} or "
         "$TLBENCH_CACHE to a writable folder.")
     assert runs_of(uri) == []
+
+
+def test_out_of_memory_is_one_line_saying_what_to_lower(tmp_path):
+    """Images held at 4096 px (a typo for 40): NumPy cannot allocate a chunk of them (48 GiB).
+    The address space is capped, so the test never depends on this machine's memory."""
+    limit = 12 * 2**30  # TensorFlow starts within it
+
+    def capped() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "tlbench", "backbone.input_size=4096", "backbone.weights=null"],
+        cwd=tmp_path, text=True, capture_output=True, timeout=600, preexec_fn=capped,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        | {"MLFLOW_TRACKING_URI": uri})
+    assert_one_line_error(result)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("tlbench: error: out of memory: Unable to allocate 48.0 GiB"), last
+    assert last.endswith("lower backbone.input_size (images are held at it), trainer.batch_size "
+                         "or data.train_size.")
+    (run,) = runs_of(uri)
+    assert run.info.status == "FAILED" and "MemoryError" in run.data.tags["error"]
 
 
 def test_unreachable_size_leaves_a_failed_run_with_the_reason(tmp_path):

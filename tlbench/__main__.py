@@ -109,6 +109,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def out_of_memory(exc: MemoryError) -> TlbenchError:
+    """A MemoryError (NumPy's names the array it could not allocate) as one line saying what
+    to lower."""
+    return TlbenchError(f"out of memory: {last_line(exc)}; lower backbone.input_size (images "
+                        "are held at it), trainer.batch_size or data.train_size.")
+
+
 def task(cfg: DictConfig) -> float:
     """One Hydra job: progress line, run, outcome recorded for the sweep summary."""
     sweep_info = sweep.current_sweep()
@@ -124,6 +131,7 @@ def task(cfg: DictConfig) -> float:
                          error=type(exc).__name__)
         raise
     except Exception as exc:
+        exc = out_of_memory(exc) if isinstance(exc, MemoryError) else exc
         sweep.record_job(sweep_info, name, "failed", time.monotonic() - start,
                          error=last_line(exc))
         if isinstance(exc, TlbenchError) and HydraConfig.get().mode != RunMode.MULTIRUN:
