@@ -224,6 +224,21 @@ def test_a_cache_folder_that_cannot_be_written_is_one_line_and_leaves_no_run(tmp
     assert runs_of(uri) == []
 
 
+@pytest.mark.parametrize(("args", "key"), [(["-m", "seed=0,1"], "hydra.sweep.dir"),
+                                           ([], "hydra.run.dir")])
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_any_run(tmp_path, args, key):
+    """Hydra failed to create it with a traceback (a sweep's parent run already opened)."""
+    (tmp_path / "file").write_text("")
+    folder = tmp_path / "file" / "out"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench(*args, f"{key}={folder}", "backbone=pixels", cwd=tmp_path, uri=uri)
+    assert_one_line_error(result)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"tlbench: error: {key}={folder}: cannot write there (Not a directory); pass a writable "
+        "folder.")
+    assert MlflowClient(uri).get_experiment_by_name("tlbench") is None  # no run, no parent
+
+
 def test_out_of_memory_is_one_line_saying_what_to_lower(tmp_path):
     """Images held at 4096 px (a typo for 40): NumPy cannot allocate a chunk of them (48 GiB).
     The address space is capped, so the test never depends on this machine's memory."""

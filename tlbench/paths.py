@@ -25,16 +25,24 @@ def writable_cache(kind: str, configured: str | None, key: str) -> Path:
     """`cache_dir(kind, configured)`, created if missing; one line naming `key` (or
     $TLBENCH_CACHE) where it cannot be written, before a run spends anything on it."""
     folder = cache_dir(kind, configured)
+    reason = unwritable(folder)
+    if reason:
+        origin = f"{key}={configured}" if configured else (
+            f"the {kind} cache {folder} (from $TLBENCH_CACHE)" if os.environ.get("TLBENCH_CACHE")
+            else f"the {kind} cache {folder} (the default)")
+        raise TlbenchError(f"{origin}: cannot write there ({reason}); set {key} or "
+                           "$TLBENCH_CACHE to a writable folder.")
+    return folder
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot be created or written to (it is created if missing); None if it can."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()  # a real write: root passes os.access
     except OSError as exc:
-        origin = f"{key}={configured}" if configured else (
-            f"the {kind} cache {folder} (from $TLBENCH_CACHE)" if os.environ.get("TLBENCH_CACHE")
-            else f"the {kind} cache {folder} (the default)")
-        raise TlbenchError(f"{origin}: cannot write there ({exc.strerror or exc}); set {key} or "
-                           "$TLBENCH_CACHE to a writable folder.") from None
-    return folder
+        return exc.strerror or str(exc)
+    return None
 
 
 def keras_home() -> Path:

@@ -262,6 +262,17 @@ def summary(folder: Path, elapsed: float) -> list[str]:
                      for job in jobs if job["status"] in ("failed", "killed")]
 
 
+def check_output_folder(folder: str, key: str) -> None:
+    """Create Hydra's output folder, or stop with one line before any run or job starts (Hydra
+    itself would fail with a traceback, after the sweep's parent run was opened)."""
+    from tlbench.paths import unwritable
+
+    reason = unwritable(Path(folder))
+    if reason:
+        raise SystemExit(f"tlbench: error: {key}={folder}: cannot write there ({reason}); pass a "
+                         "writable folder.")
+
+
 class SweepCallback(Callback):
     """Prepares the tracking store and opens the sweep's parent run once before any job, and
     remembers the sweep for its summary and for closing the parent run."""
@@ -270,8 +281,13 @@ class SweepCallback(Callback):
     started: float = 0.0
     parent: tuple[str, str] | None = None  # (tracking URI, run id) while the parent is open
 
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        """A single run: its output folder, which Hydra creates next (a traceback there)."""
+        check_output_folder(config.hydra.run.dir, "hydra.run.dir")
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         SweepCallback.started = time.monotonic()
+        check_output_folder(config.hydra.sweep.dir, "hydra.sweep.dir")
         try:
             prepare_store(config)
         except TlbenchError as exc:  # Hydra would only warn and launch every job into it
