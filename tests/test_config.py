@@ -122,6 +122,10 @@ def test_input_size_null_means_backbone_default():
         ("trainer.optimizer=adamax", "expected one of adam, adamw, rmsprop, sgd"),
         ("trainer.epochs=many", "trainer.epochs"),
         ("+trainer.epoch=3", "trainer.epoch"),
+        ("+seeds=3", "seeds: not a tlbench config key, so it would change nothing; did you mean "
+                     "seed. the top-level keys are backbone, strategy, data, trainer, tracking, "
+                     "pretrain, cache, seed, dry_run."),  # (. matches ?)
+        ("+lr=0.1", "lr: not a tlbench config key"),
         ("seed=abc", "seed='abc' is invalid: expected a whole number from 0 to 2147483647"),
         ("seed=-1", "seed=-1 is invalid"),
         ("seed=1.5", "seed=1.5 is invalid"),

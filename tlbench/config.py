@@ -8,6 +8,7 @@ them (`tlbench/strategy/`, `tlbench/data/`) and found through the registries.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -302,10 +303,25 @@ def backbone_schema(name: str) -> type[BackboneConfig]:
     return BackboneConfig
 
 
+TOP_LEVEL_KEYS = ("backbone", "strategy", "data", "trainer", "tracking", "pretrain", "cache",
+                  "seed", "dry_run")
+
+
+def check_top_level_keys(raw: dict) -> None:
+    """Refuse a top-level key tlbench does not read (`+seeds=3`: Hydra adds it, and it would be
+    ignored), naming the closest key."""
+    for key in sorted(set(raw) - set(TOP_LEVEL_KEYS)):
+        close = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise TlbenchError(f"{key}: not a tlbench config key, so it would change nothing; "
+                           f"{hint}the top-level keys are {', '.join(TOP_LEVEL_KEYS)}.")
+
+
 def parse_config(cfg: DictConfig | dict) -> RunConfig:
     """Turn Hydra's composed config into a validated RunConfig."""
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     raw.pop("hydra", None)
+    check_top_level_keys(raw)
     strategy_class = registry.STRATEGIES[raw["strategy"].get("name")]
     head = raw["strategy"].pop("head", None) or {}
     strategy = typed(strategy_class.Config, raw["strategy"], "strategy")
