@@ -2,7 +2,7 @@
 cached run fits it.
 
     python benchmarks/head_fit.py [--repeats 7] [--rows 626] [--val-rows 90] [--width 1280]
-                                  [--classes 5]
+                                  [--classes 5] [--xla]
 
 The heads are tlbench's own (`head_layers`: standardisation, dropout 0.2 as shipped or 0, softmax)
 on random features of a cached run's shape (defaults: digits59's 626 training and 90 validation
@@ -10,7 +10,8 @@ rows of mobilenetv2's 1,280 pooled features, 5 classes), compiled as `train.fit`
 on features (Adam, `HEAD_STEPS_PER_CALL` steps per call, deterministic ops as by default). Each is
 fitted once untimed (tracing), then `--repeats` times on fresh batches (`batches.batches`, no
 prefetch), alternating between the heads; printed: the median seconds of a 10-epoch fit, the
-validation pass included.
+validation pass included. `--xla` adds the shipped head compiled with XLA
+(`trainer.jit_compile=true`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import statistics
 import time
 
 
-def compiled_head(dropout: float, width: int, classes: int):
+def compiled_head(dropout: float, width: int, classes: int, xla: bool = False):
     """tlbench's dense head on `width` features, compiled as for a run on cached features."""
     import keras
 
@@ -32,7 +33,7 @@ def compiled_head(dropout: float, width: int, classes: int):
     head = head_layers(classes, DenseHeadConfig(units=0, dropout=dropout, standardize=True))
     model = keras.Sequential([keras.Input((width,)), head])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=HEAD_STEPS_PER_CALL)
+                  metrics=["accuracy"], steps_per_execution=HEAD_STEPS_PER_CALL, jit_compile=xla)
     return model
 
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--val-rows", type=int, default=90, help="validation rows")
     parser.add_argument("--width", type=int, default=1280, help="features per row")
     parser.add_argument("--classes", type=int, default=5)
+    parser.add_argument("--xla", action="store_true", help="also the shipped head under XLA")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
@@ -58,6 +60,8 @@ def main() -> None:
     y, yv = (rng.integers(0, args.classes, n) for n in (args.rows, val_rows))
     heads = {f"dropout {rate}": compiled_head(rate, args.width, args.classes)
              for rate in (0.2, 0.0)}
+    if args.xla:
+        heads["dropout 0.2, XLA"] = compiled_head(0.2, args.width, args.classes, xla=True)
 
     def fit_seconds(model) -> float:
         train, val = batches(x, y, 32, 0, prefetch=False), batches(xv, yv, 32, prefetch=False)
