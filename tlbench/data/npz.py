@@ -90,8 +90,8 @@ def _class_ids(labels: np.ndarray, names: np.ndarray | None,
     if names is not None and len(names) != n_classes:
         raise TlbenchError(f"data.path={path}: class_names has {len(names)} names but the "
                            f"labels go up to {n_classes - 1}; give one name per class.")
-    return labels.astype(np.int64), tuple(str(n) for n in names) if names is not None else \
-        tuple(str(c) for c in range(n_classes))
+    named = names if names is not None else range(n_classes)
+    return labels.astype(np.int64), tuple(str(n) for n in named)
 
 
 def load_npz_images(cfg: NpzConfig) -> LabelledImages:
