@@ -72,15 +72,21 @@ def data_config(option: str, **overrides):
 
 def build_run(config: RunConfig):
     """Data and plan for a config, exactly as the CLI builds them (tracking aside)."""
-    from tlbench import backbone, data, strategy
+    from tlbench import backbone, strategy
     from tlbench.prepare import prepare
 
     adapt = strategy.for_run(config)
     prepared = prepare(config, adapt.weights(prepared_entry(config), config.backbone.weights),
                        config.trainer.threads)
-    dataset = backbone.preprocessed(prepared.entry, data.materialise(
-        prepared.source, prepared.splits, config.backbone.input_size))
-    return dataset, adapt.plan(prepared.base, prepared.entry, dataset.n_classes, config.trainer)
+    dataset = prepared.dataset()
+    plan = adapt.plan(prepared.base, prepared.entry, dataset.n_classes, config.trainer)
+    plan.model = backbone.on_pixels(prepared.entry, plan.model)  # uint8 pixels, as Strategy.train
+    return dataset, plan
+
+
+def strategy_model(model):
+    """The model a strategy built, inside the uint8-pixels model that `build_run` returns."""
+    return model.layers[-1]
 
 
 def prepared_entry(config: RunConfig):

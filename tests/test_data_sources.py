@@ -341,9 +341,10 @@ def test_synthetic_classes_are_learnable_by_a_linear_model():
 
     cfg = data_config("synthetic", n_classes=5, images_per_class=40, image_size=16)
     dataset = load_dataset(cfg, input_size=16, seed=0)
-    model = LogisticRegression(max_iter=300).fit(dataset.x_train.reshape(len(dataset.x_train), -1)
-                                                 / 255, dataset.y_train)
-    accuracy = model.score(dataset.x_test.reshape(len(dataset.x_test), -1) / 255, dataset.y_test)
+    x_train, x_test = dataset.x_train.load(), dataset.x_test.load()
+    model = LogisticRegression(max_iter=300).fit(x_train.reshape(len(x_train), -1) / 255,
+                                                 dataset.y_train)
+    accuracy = model.score(x_test.reshape(len(x_test), -1) / 255, dataset.y_test)
     assert accuracy > 0.8
 
 

@@ -14,7 +14,7 @@ import pytest
 from tlbench import features
 from tlbench.backbone import BACKBONES, build_base
 from tlbench.config import parse_config
-from tlbench.data import ArrayImages, load_source, split_indices
+from tlbench.data import ArrayImages, decoded_images, load_source, split_indices
 from tlbench.features import POOLED, cached_rows, frozen_dataset, frozen_datasets
 from tlbench.train import configure_runtime, train_logreg
 
@@ -26,9 +26,9 @@ KEY = {"format": 1, "test": True}
 def squares(log: list[int]):
     """A compute function that records which positions it was asked for."""
 
-    def compute(positions: np.ndarray) -> np.ndarray:
+    def compute(positions: np.ndarray):
         log.extend(int(p) for p in positions)
-        return np.stack([positions * 1.0, positions**2.0], axis=1).astype(np.float32)
+        yield positions, np.stack([positions * 1.0, positions**2.0], axis=1).astype(np.float32)
 
     return compute
 
@@ -37,10 +37,10 @@ def test_rows_are_computed_once_and_read_back_exactly(tmp_path):
     asked: list[int] = []
     small, large = np.array([1, 4, 7]), np.array([0, 1, 4, 7, 9])
     rows, computed, _ = cached_rows(tmp_path / "e", KEY, small, 10, squares(asked))
-    assert computed == 3 and rows.tolist() == [[1, 1], [4, 16], [7, 49]]
+    assert computed == 3 and rows.read(small).tolist() == [[1, 1], [4, 16], [7, 49]]
     rows, computed, _ = cached_rows(tmp_path / "e", KEY, large, 10, squares(asked))
     assert computed == 2 and asked == [1, 4, 7, 0, 9]  # only the rows not cached yet
-    assert rows[:, 1].tolist() == [0, 1, 16, 49, 81]
+    assert rows.read(large)[:, 1].tolist() == [0, 1, 16, 49, 81]
     _, computed, _ = cached_rows(tmp_path / "e", KEY, large, 10, squares(asked))
     assert computed == 0 and len(asked) == 5
     (tmp_path / "e" / "rows.npy").unlink()  # a user cleaning up by hand: recomputed, not a crash
@@ -55,7 +55,7 @@ def test_a_miss_fills_the_whole_source_when_asked(tmp_path):
     assert computed == 10 and sorted(asked) == list(range(10))
     rows, computed, _ = cached_rows(tmp_path / "e", KEY, np.array([8, 9]), 10, squares(asked),
                                     fill)
-    assert computed == 0 and rows[:, 0].tolist() == [8, 9]
+    assert computed == 0 and rows.read([8, 9])[:, 0].tolist() == [8, 9]
 
 
 def test_a_failed_computation_marks_nothing_done(tmp_path):
@@ -71,11 +71,11 @@ def test_a_failed_computation_marks_nothing_done(tmp_path):
 
 def slow_worker(folder: str, log_path: str) -> int:
     """One worker asking for the same rows as another; logs each row it computes."""
-    def compute(positions: np.ndarray) -> np.ndarray:
+    def compute(positions: np.ndarray):
         time.sleep(1.0)
         with open(log_path, "a") as log:
             log.write(f"{len(positions)}\n")
-        return np.ones((len(positions), 3), dtype=np.float32)
+        yield positions, np.ones((len(positions), 3), dtype=np.float32)
 
     from pathlib import Path
 
@@ -98,6 +98,11 @@ def digits():
     return config, source, split_indices(source, config.data, seed=0)
 
 
+def pixels(source, size: int, root):
+    """The `images` argument of frozen_dataset(s): the source decoded into a test cache."""
+    return lambda positions: decoded_images(source, "test", size, positions, root, 0)
+
+
 def vgg16(seed: int, size: int = 32):
     """A random-init VGG16, seeded."""
     keras.backend.clear_session()
@@ -110,7 +115,8 @@ def test_cache_misses_when_any_key_input_changes(digits, tmp_path):
     spec = BACKBONES["vgg16"]
 
     def computed(base, size=32, tap=POOLED, data=source) -> int:
-        return frozen_dataset(base, spec, data, splits, size, tap, tmp_path, 32).computed
+        return frozen_dataset(base, spec, data, splits, size, tap, tmp_path, 32,
+                              pixels(data, size, tmp_path / "images")).computed
 
     n = len(np.unique(np.concatenate([splits.train, splits.val, splits.test])))
     base = vgg16(seed=0)
@@ -128,22 +134,24 @@ def test_cache_misses_when_any_key_input_changes(digits, tmp_path):
 def test_small_sources_are_forwarded_once_for_every_size_and_seed(digits, tmp_path):
     config, source, splits = digits
     spec, base = BACKBONES["vgg16"], vgg16(seed=0)
-    first = frozen_dataset(base, spec, source, splits, 32, POOLED, tmp_path, 32, fill_limit=5000)
+    images = pixels(source, 32, tmp_path / "images")
+    first = frozen_dataset(base, spec, source, splits, 32, POOLED, tmp_path, 32, images, 5000)
     assert first.computed == len(source.labels)
     other = split_indices(source, dataclasses.replace(config.data, train_size="all"), seed=1)
-    again = frozen_dataset(base, spec, source, other, 32, POOLED, tmp_path, 32, fill_limit=5000)
+    again = frozen_dataset(base, spec, source, other, 32, POOLED, tmp_path, 32, images, 5000)
     assert again.computed == 0 and len(again.data.y_train) > len(first.data.y_train)
 
 
 def test_cached_features_equal_a_fresh_forward(digits, tmp_path):
     config, source, splits = digits
     spec, base = BACKBONES["vgg16"], vgg16(seed=0)
-    fresh = frozen_dataset(base, spec, source, splits, 32, POOLED, None, 32)
-    frozen_dataset(base, spec, source, splits, 32, POOLED, tmp_path, 32)
-    cached = frozen_dataset(base, spec, source, splits, 32, POOLED, tmp_path, 32)
+    images = pixels(source, 32, tmp_path / "images")
+    fresh = frozen_dataset(base, spec, source, splits, 32, POOLED, None, 32, images)
+    frozen_dataset(base, spec, source, splits, 32, POOLED, tmp_path, 32, images)
+    cached = frozen_dataset(base, spec, source, splits, 32, POOLED, tmp_path, 32, images)
     assert cached.computed == 0 and fresh.computed == len(np.unique(
         np.concatenate([splits.train, splits.val, splits.test])))
-    np.testing.assert_array_equal(cached.data.x_test, fresh.data.x_test)
+    np.testing.assert_array_equal(cached.data.x_test.load(), fresh.data.x_test.load())
     np.testing.assert_array_equal(cached.data.y_train, source.labels[splits.train])
 
 
@@ -164,26 +172,30 @@ def test_taps_missing_the_same_rows_share_one_forward_pass(digits, tmp_path, mon
     def images_forwarded(outputs: int) -> int:
         return sum(n for width, n in passes if width == outputs)
 
-    separate = [frozen_dataset(base, spec, source, splits, 32, tap, None, 32)
+    images = pixels(source, 32, tmp_path / "images")
+    separate = [frozen_dataset(base, spec, source, splits, 32, tap, None, 32, images)
                 for tap in (POOLED, "block4_pool")]
     monkeypatch.setattr(keras.Model, "predict", counted)
     pooled, cut = frozen_datasets(base, spec, source, splits, 32, [POOLED, "block4_pool"],
-                                  tmp_path, 32)
+                                  tmp_path, 32, images)
     assert pooled.computed == cut.computed == images_forwarded(2) > 0
     assert images_forwarded(1) == 0
     for joint, alone in zip((pooled, cut), separate, strict=True):
-        np.testing.assert_allclose(joint.data.x_train, alone.data.x_train, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(joint.data.x_test, alone.data.x_test, rtol=1e-5, atol=1e-6)
+        for split in ("x_train", "x_test"):
+            np.testing.assert_allclose(getattr(joint.data, split).load(),
+                                       getattr(alone.data, split).load(), rtol=1e-5, atol=1e-6)
     passes.clear()
     other = vgg16(seed=1)
-    frozen_dataset(other, spec, source, splits, 32, "block4_pool", tmp_path, 32)
-    frozen_datasets(other, spec, source, splits, 32, [POOLED, "block4_pool"], tmp_path, 32)
+    frozen_dataset(other, spec, source, splits, 32, "block4_pool", tmp_path, 32, images)
+    frozen_datasets(other, spec, source, splits, 32, [POOLED, "block4_pool"], tmp_path, 32,
+                    images)
     assert images_forwarded(2) == 0  # the cut alone, then the pooled features alone:
     assert images_forwarded(1) == 2 * pooled.computed
     passes.clear()
-    monkeypatch.setattr(features, "FILL_BYTES", cut.data.x_train[0].nbytes)  # one cut row
+    one_row = cut.data.x_train.read([0])[0].nbytes
+    monkeypatch.setattr(features, "AHEAD_BYTES", one_row)  # one cut row
     frozen_datasets(vgg16(seed=2), spec, source, splits, 32, [POOLED, "block4_pool"],
-                    tmp_path, 32)
+                    tmp_path, 32, images)
     assert images_forwarded(2) == 0  # too many cut rows to hold for later: two passes
     assert images_forwarded(1) == 2 * pooled.computed
 
@@ -238,10 +250,11 @@ def test_logreg_probe_standardises_random_features(tiny_config, tmp_path):
     splits = split_indices(source, config.data, 0)
     base = build_base(BACKBONES["mobilenetv2"], 32, None, 0.9)
     features = frozen_dataset(base, BACKBONES["mobilenetv2"], source, splits, 32, POOLED,
-                              tmp_path, 32).data
+                              tmp_path, 32, pixels(source, 32, tmp_path / "images")).data
     probe = train_logreg(features, config.strategy.head, base.count_params(), seed=0)
-    unscaled = LogisticRegression(C=1.0, max_iter=1000).fit(features.x_train, features.y_train)
-    unscaled_accuracy = unscaled.score(features.x_test, features.y_test)
+    unscaled = LogisticRegression(C=1.0, max_iter=1000).fit(features.x_train.load(),
+                                                            features.y_train)
+    unscaled_accuracy = unscaled.score(features.x_test.load(), features.y_test)
     print(f"probe {probe.metrics['test_accuracy']:.3f}, unscaled {unscaled_accuracy:.3f}")
     assert probe.metrics["test_accuracy"] > unscaled_accuracy + 0.25
     assert probe.metrics["logreg_c"] in config.strategy.head.c_grid

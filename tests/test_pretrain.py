@@ -78,16 +78,14 @@ def test_checkpoint_loads_into_the_headless_backbone(trained):
 
 def test_saved_head_is_the_source_classifier(trained):
     """Base + head reproduce the source model: its val accuracy is the manifest's."""
-    from tlbench.backbone import preprocessed
     from tlbench.data import load_dataset
     from tlbench.features import extractor
 
     _, checkpoint = trained
     spec = BACKBONES["mobilenetv2"]
     base = build_base(spec, 32, str(checkpoint.weights_path), 0.9)
-    source = preprocessed(spec, load_dataset(
-        dataclasses.replace(source_data("digits04"), train_size="all"), 32, 0))
-    pooled = extractor(base, spec, "pooled").predict(source.x_val, verbose=0)
+    source = load_dataset(dataclasses.replace(source_data("digits04"), train_size="all"), 32, 0)
+    pooled = extractor(base, spec, "pooled").predict(source.x_val.load(), verbose=0)
     head = source_head(checkpoint, pooled.shape[1])
     probs = head.predict(pooled, verbose=0)
     assert probs.shape == (90, 5) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)

@@ -144,10 +144,11 @@ def test_leep_and_nce_read_the_source_checkpoint_head(tmp_path, capsys):
     base = backbone.build_base(spec, 32, str(checkpoint.weights_path), 0.9)
     dense = pretrain.source_head_config()
     classifier = strategy.head_layers(5, dense)
-    model = strategy.with_head(base, 5, dense, base_training=False, classifier=classifier)
+    model = backbone.on_pixels(spec, strategy.with_head(base, 5, dense, base_training=False,
+                                                         classifier=classifier))
     classifier.load_weights(checkpoint.weights_path.parent / pretrain.HEAD_FILE)
-    target = backbone.preprocessed(spec, data.load_dataset(config.data, 32, config.seed))
-    probs = model.predict(target.x_train, verbose=0)
+    target = data.load_dataset(config.data, 32, config.seed)
+    probs = model.predict(target.x_train.load(), verbose=0)
     assert metrics["leep"] == pytest.approx(scores.leep(probs, target.y_train), abs=1e-4)
     assert metrics["nce"] == pytest.approx(scores.nce(np.argmax(probs, axis=1), target.y_train),
                                            abs=1e-6)

@@ -8,7 +8,7 @@ import pytest
 
 from tlbench.train import count_params, fit
 
-from .conftest import assert_trained_alike, build_run
+from .conftest import assert_trained_alike, build_run, strategy_model
 
 
 def trainable_after_setup(plan) -> int:
@@ -38,7 +38,7 @@ def test_partial_finetune_has_two_phases_with_scaled_lr(tiny_config):
 
 def batchnorm_statistics(model) -> list[np.ndarray]:
     """Moving mean and variance of every BatchNorm layer in the model."""
-    base = model.layers[1]
+    base = strategy_model(model).layers[1]
     return [keras.ops.convert_to_numpy(w) for layer in base.layers
             if isinstance(layer, keras.layers.BatchNormalization)
             for w in (layer.moving_mean, layer.moving_variance)]
@@ -57,7 +57,7 @@ def test_batchnorm_statistics_move_only_when_the_base_trains(tiny_config, strate
 
 def test_partial_finetune_trains_only_top_stage_weights(tiny_config):
     dataset, plan = build_run(tiny_config("backbone=vgg16", "strategy=partial_finetune"))
-    base = plan.model.layers[1]
+    base = strategy_model(plan.model).layers[1]
     before = {layer.name: [keras.ops.convert_to_numpy(w) for w in layer.weights]
               for layer in base.layers}
     fit(plan, {"images": dataset}, tiny_config().trainer, seed=0)
@@ -74,11 +74,13 @@ def test_augmentation_runs_before_the_base_and_turns_the_caches_off(tiny_config)
     route = strategy.for_run(config).route(config, registry.BACKBONES["vgg16"])
     assert route.inputs == "images" and "trainer.augment=true" in route.reason
     dataset, plan = build_run(config)
-    augment = plan.model.get_layer("augmentation")
-    x = dataset.x_test[:4]
+    augment = strategy_model(plan.model).get_layer("augmentation")
+    pixels = dataset.x_test.read(slice(0, 4))
+    x = plan.model.get_layer("preprocess")(pixels)
     np.testing.assert_array_equal(augment(x, training=False), x)  # inference sees the image
     assert not np.allclose(augment(x, training=True), x)
-    np.testing.assert_allclose(plan.model(x, training=False), plan.model(x, training=False))
+    np.testing.assert_allclose(plan.model(pixels, training=False),
+                               plan.model(pixels, training=False))
 
 
 def photo_crops(root, per_class: int = 80, size: int = 64) -> None:

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from tlbench import train
+from tlbench import batches, train
+from tlbench.rowcache import Rows
 from tlbench.train import configure_runtime, keras_classes, train_and_evaluate
 
 from .conftest import build_run
@@ -74,7 +75,6 @@ def test_a_reused_head_at_many_steps_per_call_trains_as_a_fresh_one(tiny_config,
     stepping one batch per call."""
     import numpy as np
 
-    from tlbench import train
     from tlbench.data import Dataset
     from tlbench.plan import Phase, Plan, keep
     from tlbench.strategy.base import head_layers
@@ -82,7 +82,8 @@ def test_a_reused_head_at_many_steps_per_call_trains_as_a_fresh_one(tiny_config,
     config = tiny_config("trainer.epochs=3", "strategy.head.units=16", "strategy.head.dropout=0.3")
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(150, 8)).astype(np.float32), rng.integers(0, 3, 150)
-    data = Dataset(x[:100], y[:100], x[100:], y[100:], x[100:], y[100:], ("a", "b", "c"))
+    data = Dataset(Rows.of(x[:100]), y[:100], Rows.of(x[100:]), y[100:], Rows.of(x[100:]),
+                   y[100:], ("a", "b", "c"))
     monkeypatch.setattr(train, "COMPILED", {})
 
     def trained(reuse_key, lr):
@@ -112,14 +113,13 @@ def test_compiled_models_beyond_the_byte_budget_are_dropped_oldest_first(tiny_co
     first, and always keeps the newest."""
     import numpy as np
 
-    from tlbench import train
     from tlbench.data import Dataset
     from tlbench.plan import Phase, Plan, keep
 
     config = tiny_config()
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 100)).astype(np.float32), rng.integers(0, 2, 40)
-    data = Dataset(x, y, x, y, x, y, ("a", "b"))
+    data = Dataset(Rows.of(x), y, Rows.of(x), y, Rows.of(x), y, ("a", "b"))
     monkeypatch.setattr(train, "COMPILED", {})
 
     def trained(key: str) -> None:
@@ -144,17 +144,18 @@ def test_compiled_models_beyond_the_byte_budget_are_dropped_oldest_first(tiny_co
     assert kept() == ["d"]
 
 
-@pytest.mark.parametrize("chained_bytes", [train.CHAINED_BYTES, 0])
-def test_one_prediction_over_several_arrays_keeps_each_arrays_rows(chained_bytes, monkeypatch):
-    """keras_classes predicts train, val and test in one call (or, above CHAINED_BYTES, one call
-    each): each array's classes come back whole, in order, as separate predictions give them."""
-    monkeypatch.setattr(train, "CHAINED_BYTES", chained_bytes)
+@pytest.mark.parametrize("load_bytes", [batches.LOAD_BYTES, 0])
+def test_one_prediction_over_several_arrays_keeps_each_arrays_rows(load_bytes, monkeypatch):
+    """keras_classes predicts train, val and test in one call (their rows in memory, or streamed
+    above LOAD_BYTES): each split's classes come back whole, in order, as separate predictions
+    give them."""
+    monkeypatch.setattr(batches, "LOAD_BYTES", load_bytes)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6,))
     model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(inputs))
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=(n, 6)).astype("float32") for n in (37, 5, 70)]
-    predicted = keras_classes(model, batch_size=16)(arrays)
+    predicted = keras_classes(model, batch_size=16)([Rows.of(x) for x in arrays])
     assert [len(p) for p in predicted] == [37, 5, 70]
     for x, classes in zip(arrays, predicted, strict=True):
         np.testing.assert_array_equal(classes, np.argmax(model.predict(x, verbose=0), axis=1))

@@ -200,14 +200,20 @@ class PretrainConfig:
 
 @dataclass(kw_only=True)
 class CacheConfig:
-    """Reuse of frozen computation across runs; never part of a run's identity."""
+    """Reuse of decoded images and frozen computation across runs; never part of a run's
+    identity."""
 
     enabled: bool
     dir: str | None
     fill_limit: int
+    dtype: str
 
     def __post_init__(self) -> None:
         check(self.fill_limit >= 0, "cache.fill_limit", self.fill_limit, "0 or more")
+        check_choice("cache.dtype", self.dtype, CACHE_DTYPES)
+
+
+CACHE_DTYPES = ("float32", "float16")
 
 
 MAX_EXPERIMENT_NAME = 500

@@ -20,6 +20,7 @@ from tlbench import backbone, data, paths, pretrain, runtime
 from tlbench.backbone import BackboneSpec
 from tlbench.config import RunConfig
 from tlbench.errors import TlbenchError
+from tlbench.rowcache import RowFile
 
 log = logging.getLogger("tlbench")
 
@@ -53,6 +54,25 @@ class Prepared:
             self._base = self.build()
             self.setup_seconds += time.perf_counter() - start
         return self._base
+
+    def images(self, positions: np.ndarray) -> RowFile:
+        """The decoded-image cache file holding the source's images at `positions` at the
+        backbone's input size, decoding those not there yet (timed as set-up)."""
+        start = time.perf_counter()
+        rows = data.decoded_images(self.source, self.config.data.name,
+                                   self.config.backbone.input_size, positions, data.images_root(),
+                                   self.config.cache.fill_limit)
+        self.setup_seconds += time.perf_counter() - start
+        return rows
+
+    def dataset(self) -> data.Dataset:
+        """This run's splits as uint8 image rows at the backbone's input size."""
+        return data.split_rows(self.images(self.used), self.source, self.splits)
+
+    @property
+    def used(self) -> np.ndarray:
+        """The source positions of every image this run uses (its splits), sorted."""
+        return np.unique(np.concatenate([self.splits.train, self.splits.val, self.splits.test]))
 
     @property
     def origin(self) -> str:

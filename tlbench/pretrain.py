@@ -23,7 +23,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from tlbench import __version__, paths, registry
-from tlbench.backbone import BackboneSpec, build_base, preprocessed, sha256_of
+from tlbench.backbone import BackboneSpec, build_base, on_pixels, sha256_of
 from tlbench.config import (
     SOURCE_PREFIX,
     BackboneConfig,
@@ -37,8 +37,9 @@ from tlbench.errors import TlbenchError
 
 log = logging.getLogger("tlbench")
 
-RECIPE = 3  # bump when the training recipe or the files change, so old checkpoints are not reused
+RECIPE = 4  # bump when the training recipe or the files change, so old checkpoints are not reused
 # Recipe 3: trained through the run trainer (tf.data input, seeded shuffling), not a fit of its own.
+# Recipe 4: on uint8 pixels from the decoded-image cache, preprocessed inside the model.
 WEIGHTS_FILE = "base.weights.h5"
 HEAD_FILE = "head.weights.h5"  # recipe 2: the source classifier on pooled features
 MANIFEST_FILE = "manifest.json"
@@ -193,11 +194,12 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     keras.backend.clear_session()
     train.configure_runtime(settings, cfg.seed, threads=None)  # threads: fixed by the caller
     data_cfg = training_data(source, backbone.input_size)
-    data = preprocessed(spec, load_dataset(data_cfg, backbone.input_size, cfg.seed))
+    data = load_dataset(data_cfg, backbone.input_size, cfg.seed)
     base = build_base(spec, backbone.input_size, None, backbone.bn_momentum)
     head_cfg = source_head_config()
     head = head_layers(data.n_classes, head_cfg)
-    model = with_head(base, data.n_classes, head_cfg, base_training=None, classifier=head)
+    model = on_pixels(spec, with_head(base, data.n_classes, head_cfg, base_training=None,
+                                      classifier=head))
     steps = cfg.epochs * -(-len(data.y_train) // cfg.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=steps)
     plan = Plan(model, [Phase("pretrain", cfg.epochs, schedule, unfreeze_all(base))])

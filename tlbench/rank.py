@@ -150,8 +150,8 @@ def score_candidate(candidate: Candidate, uri: str, tags: dict[str, str]) -> Non
         frozen = features.frozen_dataset(prepared.base, prepared.entry, prepared.source,
                                          prepared.splits, config.backbone.input_size,
                                          features.POOLED, features.cache_root(config.cache),
-                                         config.trainer.batch_size)
-        x, y = frozen.data.x_train, frozen.data.y_train
+                                         config.trainer.batch_size, prepared.images)
+        x, y = frozen.data.x_train.load(), frozen.data.y_train
         start = time.perf_counter()
         head, candidate.skipped = source_classifier(config, prepared.checkpoint, x.shape[1])
         probs = None if head is None else head.predict(x, batch_size=1024, verbose=0)

@@ -29,6 +29,7 @@ from tlbench.batches import batches, chained_batches
 from tlbench.config import LogregHeadConfig, TrainerConfig
 from tlbench.data import Dataset
 from tlbench.plan import Phase, Plan
+from tlbench.rowcache import Rows
 
 
 def configure_runtime(trainer: TrainerConfig, seed: int, threads: int | None) -> None:
@@ -228,10 +229,11 @@ def _timing(epoch_seconds: list[list[float]], fit_seconds: float, n_train: int) 
     }
 
 
-def evaluate(predict: Callable[[list[np.ndarray]], list[np.ndarray]],
+def evaluate(predict: Callable[[list[Rows]], list[np.ndarray]],
              data: Dataset) -> tuple[dict, np.ndarray]:
     """Accuracy on train/val/test, test macro-F1 and the test confusion matrix of a classifier
-    (`predict` maps a list of arrays to their predicted classes), counted by tlbench.metrics."""
+    (`predict` maps a list of splits' rows to their predicted classes), counted by
+    tlbench.metrics."""
     train_pred, val_pred, test_pred = predict([data.x_train, data.x_val, data.x_test])
     confusion = metrics.confusion_counts(data.y_test, test_pred, data.n_classes)
     scores = {
@@ -243,26 +245,21 @@ def evaluate(predict: Callable[[list[np.ndarray]], list[np.ndarray]],
     return scores, confusion
 
 
-CHAINED_BYTES = 256 * 2**20
-"""Arrays of at most this many bytes together are predicted in one call (tf.data holds a copy of
-each at once); larger ones, images rather than features, one call each."""
-
-
 def keras_classes(model: keras.Model,
-                  batch_size: int) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-    """The model's predicted class per row of each array, in inference mode, in one `predict`
-    call over every array's batches in turn (each array batched alone, as by `batches`; three
+                  batch_size: int) -> Callable[[list[Rows]], list[np.ndarray]]:
+    """The model's predicted class per row of each split, in inference mode, in one `predict`
+    call over every split's batches in turn (each split batched alone, as by `batches`; three
     calls cost 5-10 ms more a run on 2 cores, Keras' own array adapter 0.2-0.5 s more a call)."""
-    def predict(arrays: list[np.ndarray]) -> list[np.ndarray]:
-        together = sum(x.nbytes for x in arrays) <= CHAINED_BYTES
-        predicted: list[np.ndarray] = []
-        for group in [arrays] if together else [[x] for x in arrays]:
-            classes = np.argmax(model.predict(chained_batches(group, batch_size), verbose=0),
-                                axis=1)
-            predicted += np.split(classes, np.cumsum([len(x) for x in group])[:-1])
-        return predicted
+    def predict(arrays: list[Rows]) -> list[np.ndarray]:
+        classes = np.argmax(model.predict(chained_batches(arrays, batch_size), verbose=0), axis=1)
+        return np.split(classes, np.cumsum([len(x) for x in arrays])[:-1])
 
     return predict
+
+
+def predicted(model: keras.Model, rows: Rows, batch_size: int) -> np.ndarray:
+    """The model's outputs for every row, in inference mode, a batch at a time."""
+    return model.predict(chained_batches([rows], batch_size), verbose=0)
 
 
 def sizes(data: Dataset) -> dict[str, float]:
@@ -289,6 +286,7 @@ def linear_probe(c: float, head: LogregHeadConfig, seed: int) -> Pipeline:
 def train_logreg(features: Dataset, head: LogregHeadConfig, base_params: float,
                  seed: int) -> RunResult:
     """Fit the probe for every C of the grid, keep the best on val, evaluate it."""
+    x_train, x_val = features.x_train.load(), features.x_val.load()
     start = time.perf_counter()
     history, best, best_accuracy = [], None, -1.0
     # One BLAS thread: these matrices are small, and OpenBLAS threads on busy cores were measured
@@ -296,15 +294,15 @@ def train_logreg(features: Dataset, head: LogregHeadConfig, base_params: float,
     with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is the user's budget
         for c in head.c_grid:
-            probe = linear_probe(c, head, seed).fit(features.x_train, features.y_train)
-            accuracy = metrics.accuracy(features.y_val, probe.predict(features.x_val))
+            probe = linear_probe(c, head, seed).fit(x_train, features.y_train)
+            accuracy = metrics.accuracy(features.y_val, probe.predict(x_val))
             history.append({"logreg_c": c, "val_accuracy": accuracy, "phase": "logreg"})
             if accuracy > best_accuracy:
                 best, best_accuracy = probe, accuracy
     fit_seconds = time.perf_counter() - start
     classifier = best[-1]
     trainable = classifier.coef_.size + classifier.intercept_.size
-    scores, confusion = evaluate(lambda arrays: [best.predict(x) for x in arrays],
+    scores, confusion = evaluate(lambda splits: [best.predict(x.load()) for x in splits],
                                  features)
     facts = {"fit_seconds": fit_seconds, "logreg_c": classifier.C,
              "params_total": base_params + trainable, "params_trainable": trainable,

@@ -13,8 +13,8 @@ from tlbench.backbone.loading import (
     build_base,
     imagenet_path,
     keras_models_dir,
+    on_pixels,
     preprocess,
-    preprocessed,
     set_bn_momentum,
     sha256_of,
     unfreeze_top,
@@ -29,5 +29,5 @@ NETWORKS = {name: spec for name, spec in BACKBONES.items() if spec.has_weights}
 """The backbones with pretrained weights, stages and ImageNet files."""
 
 __all__ = ["BACKBONES", "NETWORKS", "BackboneSpec", "build_base", "imagenet_path",
-           "keras_models_dir", "preprocess", "preprocessed", "set_bn_momentum", "sha256_of",
+           "keras_models_dir", "on_pixels", "preprocess", "set_bn_momentum", "sha256_of",
            "stages_of", "strides_of", "unfreeze_top", "weights_kind", "weights_sha256"]

@@ -3,17 +3,12 @@ recording its stages, and unfreezing its top stages. Keras is imported lazily.""
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tlbench.backbone.spec import BackboneSpec
 from tlbench.errors import TlbenchError
 from tlbench.paths import download_timeout, keras_home, sha256_of
-
-if TYPE_CHECKING:
-    from tlbench.data import Dataset
 
 
 def preprocess(spec: BackboneSpec, images):
@@ -129,11 +124,9 @@ def unfreeze_top(model, spec: BackboneSpec, blocks: int | None, fraction: float 
         layer.trainable = id(layer) in selected and not is_bn
 
 
-def preprocessed(spec: BackboneSpec, dataset: Dataset) -> Dataset:
-    """The dataset with every split passed once through the backbone's preprocess_input."""
-    return dataclasses.replace(
-        dataset,
-        x_train=preprocess(spec, dataset.x_train),
-        x_val=preprocess(spec, dataset.x_val),
-        x_test=preprocess(spec, dataset.x_test),
-    )
+def on_pixels(spec: BackboneSpec, model):
+    """`model` (taking the backbone's preprocessed images) fed uint8 RGB pixels: the cast and
+    the backbone's preprocessing are its first layer."""
+    from tlbench.backbone.preprocessing import on_pixels as wrapped
+
+    return wrapped(model, spec.preprocess)

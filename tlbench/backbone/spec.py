@@ -79,11 +79,13 @@ def application(constructor: str) -> Callable[..., Any]:
 
 
 def preprocess_input(module: str) -> Callable[[np.ndarray], np.ndarray]:
-    """keras.applications.<module>.preprocess_input, applied to a copy of the images."""
-    def preprocess(images: np.ndarray) -> np.ndarray:
+    """keras.applications.<module>.preprocess_input, applied to a copy of the images (a NumPy
+    array, or a backend tensor inside the model)."""
+    def preprocess(images):
         import keras
 
-        return getattr(keras.applications, module).preprocess_input(images.copy())
+        copy = images.copy() if isinstance(images, np.ndarray) else images
+        return getattr(keras.applications, module).preprocess_input(copy)
 
     return preprocess
 

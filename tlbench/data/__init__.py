@@ -1,8 +1,8 @@
 """Data stage: load a registered source, cut fixed val/test splits and a nested train subset.
 
 One module per source (its config class beside its loader, registered by name), `split` for the
-splits and `materialise` for the in-memory arrays. A new source is one module plus one YAML in
-conf/data/, imported here.
+splits, `decoded` for the decoded-image cache and `materialise` for a run's splits as its rows.
+A new source is one module plus one YAML in conf/data/, imported here.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -18,13 +19,14 @@ import numpy as np
 from tlbench import registry
 from tlbench.config import DataConfig
 from tlbench.data import digits, folder, keras_datasets, npz, shapes, synthetic, tfds  # noqa: F401
-from tlbench.data.materialise import Dataset, materialise, resize
-from tlbench.data.source import ArrayImages, ImageSource, LabelledImages
+from tlbench.data.decoded import decoded_images, images_root
+from tlbench.data.materialise import Dataset, materialise, split_rows
+from tlbench.data.source import ArrayImages, ImageSource, LabelledImages, resize
 from tlbench.data.split import Splits, fixed_splits, nested_subset, split_indices
 
-__all__ = ["ArrayImages", "Dataset", "ImageSource", "LabelledImages", "Splits", "fixed_splits",
-           "load_dataset", "load_source", "materialise", "nested_subset", "resize",
-           "split_indices"]
+__all__ = ["ArrayImages", "Dataset", "ImageSource", "LabelledImages", "Splits",
+           "decoded_images", "fixed_splits", "images_root", "load_dataset", "load_source",
+           "materialise", "nested_subset", "resize", "split_indices", "split_rows"]
 
 
 SPLIT_SETTINGS = {field.name for field in dataclasses.fields(DataConfig)} - {"name",
@@ -84,7 +86,11 @@ def recorded_logs() -> Iterator[list[logging.LogRecord]]:
         logger.removeHandler(handler)
 
 
-def load_dataset(cfg: DataConfig, input_size: int, seed: int) -> Dataset:
-    """Load the configured source and cut this run's splits at the backbone's input size."""
+def load_dataset(cfg: DataConfig, input_size: int, seed: int,
+                 fill_limit: int = sys.maxsize) -> Dataset:
+    """Load the configured source and cut this run's splits as rows of the decoded-image cache
+    at the backbone's input size (on a miss, the whole source is decoded if it has at most
+    `fill_limit` images)."""
     source = load_source(cfg)
-    return materialise(source, split_indices(source, cfg, seed), input_size)
+    return materialise(source, cfg.name, split_indices(source, cfg, seed), input_size,
+                       images_root(), fill_limit)

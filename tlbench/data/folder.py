@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tlbench import runtime
 from tlbench.config import DataConfig
 from tlbench.data.source import (
     ImageSource,
@@ -18,6 +21,7 @@ from tlbench.data.source import (
     register,
     short_reason,
     source_size,
+    to_uint8,
 )
 from tlbench.errors import TlbenchError, check, check_choice
 
@@ -90,20 +94,12 @@ def _ends_with_jpeg_marker(path: Path) -> bool:
         return b"\xff\xd9" in raw.read()
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image file as (size, size, 3) float32 RGB in [0, 255]: grey/RGBA/palette made RGB."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, huge photos stay cheap
-        rgb = image.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return np.asarray(rgb, dtype=np.float32)
-
-
 class FolderImages(ImageSource):
-    """Image files decoded on demand: `[positions]` reads, converts and resizes only those."""
+    """Image files decoded on demand, as keras.utils.image_dataset_from_directory decodes them:
+    TensorFlow's decoders (first frame of a GIF, alpha dropped, 16-bit scaled to 8) and its
+    bilinear resize, in parallel; on JAX and PyTorch, where TensorFlow is not imported, Pillow's
+    decoders (the same pixels, except JPEGs: Pillow's accurate DCT differs from TensorFlow's
+    fast one by a few levels in some pixels) and the same resize."""
 
     def __init__(self, root: Path, files: list[Path], size: int) -> None:
         self.root, self.files, self.size = root, files, size
@@ -115,18 +111,63 @@ class FolderImages(ImageSource):
     def image_shape(self) -> tuple[int, int]:
         return (self.size, self.size)
 
+    @property
+    def decoder(self) -> str:
+        """tensorflow on the TensorFlow backend, else pillow."""
+        return "tensorflow" if runtime.backend() == "tensorflow" else "pillow"
+
     def __getitem__(self, positions) -> np.ndarray:
-        out = np.empty((len(np.atleast_1d(positions)), self.size, self.size, 3), np.float32)
-        for i, position in enumerate(np.atleast_1d(positions)):
-            path = self.files[int(position)]
-            try:
-                out[i] = decode_image(path, self.size)
-            except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-                raise TlbenchError(
-                    f"data.path: cannot decode {path} ({short_reason(exc)}) although its header "
-                    "looked fine; remove it, or set data.check=decode to find and skip every "
-                    "such file when the folder is scanned.") from None
+        positions = np.atleast_1d(positions)
+        out = np.empty((len(positions), self.size, self.size, 3), np.float32)
+        order = {int(p): i for i, p in enumerate(positions)}
+        for chunk, images in self.decode(positions, self.size):
+            out[[order[int(p)] for p in chunk]] = images
         return out
+
+    def decode(self, positions: np.ndarray,
+               size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The files at `positions` decoded and resized to size x size, rounded to uint8, in
+        chunks (in parallel on every core)."""
+        if self.decoder == "tensorflow":
+            yield from self._tensorflow_decoded(positions, size)
+        else:
+            yield from self._pillow_decoded(positions, size)
+
+    def _tensorflow_decoded(self, positions: np.ndarray,
+                            size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """tf.data's parallel decode of image_dataset_from_directory; files it cannot decode
+        are tried with Pillow afterwards (or refused, naming the file)."""
+        import tensorflow as tf
+
+        def load(position, path):
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                       expand_animations=False)
+            resized = tf.image.resize(image, (size, size), method="bilinear")
+            return position, tf.cast(tf.round(resized), tf.uint8)
+
+        paths = [str(self.files[int(p)]) for p in positions]
+        dataset = tf.data.Dataset.from_tensor_slices((positions.astype(np.int64), paths)) \
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors() \
+            .batch(DECODE_BATCH).prefetch(1)
+        decoded = np.zeros(len(self.files), dtype=bool)
+        for chunk, images in dataset.as_numpy_iterator():
+            decoded[chunk] = True
+            yield chunk, images
+        failed = positions[~decoded[positions]]
+        if len(failed):
+            yield from self._pillow_decoded(failed, size)
+
+    def _pillow_decoded(self, positions: np.ndarray,
+                        size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Pillow's decoders on a thread per core (they release the GIL), DECODE_BATCH files a
+        chunk."""
+        def load(position: int) -> np.ndarray:
+            return to_uint8(resized_like_tensorflow(pillow_rgb(self.files[position]), size))
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            for start in range(0, len(positions), DECODE_BATCH):
+                chunk = positions[start:start + DECODE_BATCH]
+                yield chunk, np.stack(list(pool.map(load, chunk.tolist())))
 
     def fingerprint(self) -> str:
         """Relative paths, sizes and modification times of the files, and the decode size."""
@@ -136,6 +177,47 @@ class FolderImages(ImageSource):
             digest.update(f"{path.relative_to(self.root)}|{stat.st_size}|{stat.st_mtime_ns}\n"
                           .encode())
         return digest.hexdigest()
+
+
+DECODE_BATCH = 64  # files decoded per chunk written to the cache
+
+
+def pillow_rgb(path: Path) -> np.ndarray:
+    """One image file as (H, W, 3) uint8 RGB, as TensorFlow's decoders give it: the first frame,
+    alpha dropped, grey repeated, 16-bit grey scaled to 8 bits (Pillow's convert would clip it
+    to white); a file Pillow cannot decode is refused, naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode.startswith("I"):  # 16-bit grey PNG: the high byte, as TensorFlow
+                grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=-1)
+            return np.asarray(image.convert("RGB"))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
+        raise TlbenchError(
+            f"data.path: cannot decode {path} ({short_reason(exc)}) although its header "
+            "looked fine; remove it, or set data.check=decode to find and skip every "
+            "such file when the folder is scanned.") from None
+
+
+def resized_like_tensorflow(image: np.ndarray, size: int) -> np.ndarray:
+    """tf.image.resize's bilinear resize (half-pixel centres, no antialiasing) of one (H, W, C)
+    image to size x size, float32, computed as its kernel computes it (equal to the bit)."""
+    def axis(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        source = (np.arange(size, dtype=np.float32) + np.float32(0.5)) \
+            * np.float32(n_in / size) - np.float32(0.5)
+        lower = np.floor(source)
+        low = np.clip(lower, 0, n_in - 1).astype(np.intp)
+        high = np.clip(np.ceil(source), 0, n_in - 1).astype(np.intp)
+        return low, high, (source - lower).astype(np.float32)
+
+    pixels = image.astype(np.float32)
+    (top, bottom, y), (left, right, x) = axis(image.shape[0]), axis(image.shape[1])
+    x = x[None, :, None]
+    upper = pixels[top][:, left] + (pixels[top][:, right] - pixels[top][:, left]) * x
+    lower = pixels[bottom][:, left] + (pixels[bottom][:, right] - pixels[bottom][:, left]) * x
+    return upper + (lower - upper) * y[:, None, None]
 
 
 def _class_folders(root: Path) -> list[Path]:

@@ -1,24 +1,28 @@
-"""The splits' images in memory at the backbone's input size."""
+"""A run's splits as rows of the decoded-image cache, read a batch at a time."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from tlbench.data.source import LabelledImages, resize
+from tlbench.data.decoded import decoded_images
+from tlbench.data.source import LabelledImages
 from tlbench.data.split import Splits
+from tlbench.rowcache import Rows
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """The splits one run trains and evaluates on, resized to the backbone's input size."""
+    """The splits one run trains and evaluates on: rows (images at the backbone's input size,
+    or a frozen base's outputs) and labels."""
 
-    x_train: np.ndarray
+    x_train: Rows
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: Rows
     y_val: np.ndarray
-    x_test: np.ndarray
+    x_test: Rows
     y_test: np.ndarray
     class_names: tuple[str, ...]
 
@@ -28,14 +32,17 @@ class Dataset:
         return len(self.class_names)
 
 
-def materialise(source: LabelledImages, splits: Splits, input_size: int) -> Dataset:
-    """The splits' images resized to the backbone's input size, in memory."""
-    def images(positions: np.ndarray) -> np.ndarray:
-        return resize(source.images[positions], input_size)
+def split_rows(store, source: LabelledImages, splits: Splits) -> Dataset:
+    """The splits' rows of a store holding one row per source image, with their labels."""
+    return Dataset(Rows(store, splits.train), source.labels[splits.train],
+                   Rows(store, splits.val), source.labels[splits.val],
+                   Rows(store, splits.test), source.labels[splits.test], source.class_names)
 
-    return Dataset(
-        x_train=images(splits.train), y_train=source.labels[splits.train],
-        x_val=images(splits.val), y_val=source.labels[splits.val],
-        x_test=images(splits.test), y_test=source.labels[splits.test],
-        class_names=source.class_names,
-    )
+
+def materialise(source: LabelledImages, name: str, splits: Splits, input_size: int, root: Path,
+                fill_limit: int) -> Dataset:
+    """The splits' images as uint8 rows at the backbone's input size, decoded into the cache
+    (once) where they are not there yet."""
+    used = np.unique(np.concatenate([splits.train, splits.val, splits.test]))
+    return split_rows(decoded_images(source, name, input_size, used, root, fill_limit), source,
+                      splits)

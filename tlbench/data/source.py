@@ -1,8 +1,10 @@
 """What every data source returns: labelled images behind one interface, and shared helpers.
 
 A source's images are an `ImageSource`: `len()`, `[positions]` giving (n, H, W, 3) float32 RGB in
-[0, 255] for just those images (decoded or generated on demand where the source streams), and
-`fingerprint()` identifying the content (the feature cache's dataset key).
+[0, 255] for just those images (decoded or generated on demand where the source streams),
+`decode(positions, size)` giving them as uint8 at the backbone's input size a chunk at a time
+(what the decoded-image cache stores), and `fingerprint()` identifying the content (the caches'
+dataset key).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import functools
 import hashlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -26,6 +29,9 @@ DEFAULT_DECODE_SIZE = 224
 
 class ImageSource(ABC):
     """Images served by position, with a content fingerprint."""
+
+    decoder: ClassVar[str] = "resize"
+    """How `decode` makes its pixels (part of the decoded-image cache's key)."""
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -42,6 +48,15 @@ class ImageSource(ABC):
     @abstractmethod
     def image_shape(self) -> tuple[int, int]:
         """(height, width) of every served image."""
+
+    def decode(self, positions: np.ndarray,
+               size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The images at `positions` as (n, size, size, 3) uint8, in (positions, images) chunks:
+        resized as tf.image.resize does (bilinear, half-pixel centres, no antialiasing) and
+        rounded to the nearest level."""
+        for start in range(0, len(positions), DECODE_CHUNK):
+            chunk = positions[start:start + DECODE_CHUNK]
+            yield chunk, to_uint8(resize(self[chunk], size))
 
 
 class ArrayImages(ImageSource):
@@ -153,6 +168,12 @@ def short_reason(exc: BaseException) -> str:
 
 
 RESIZE_CHUNK = 1024  # images resized together: bounds the float32 copy on the backend
+DECODE_CHUNK = 256  # images decoded together into the cache: bounds the float32 copies
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Pixels in [0, 255] rounded to the nearest uint8 level."""
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
 
 
 def resize(images: np.ndarray, size: int) -> np.ndarray:

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from tlbench import features, registry, runtime
-from tlbench.backbone import BackboneSpec, preprocessed
+from tlbench.backbone import BackboneSpec, on_pixels
 from tlbench.backbone.cost import multiply_adds
 from tlbench.base_facts import BaseFacts, base_facts
 from tlbench.config import DenseHeadConfig, RunConfig, StrategyConfig, TrainerConfig
-from tlbench.data import materialise
 from tlbench.errors import check
 from tlbench.plan import Phase, Plan
 
@@ -99,7 +98,7 @@ class Strategy:
 
         run = prepared.config
         plan = self.plan_on_frozen(prepared, facts, inputs)
-        standardize_head(plan, lambda: inputs["features"].x_train)
+        standardize_head(plan, lambda: inputs["features"].x_train.load())
         self.log_phases(plan)
         result = train.train_and_evaluate(plan, inputs, run.trainer, run.seed)
         result.summary = train.model_summary(plan.full_model) if plan.full_model is not None \
@@ -118,16 +117,17 @@ class Strategy:
         if route.inputs == "images":
             base = prepared.base
             cost = {"flops": multiply_adds(base, run.backbone.input_size)}
-            dataset = preprocessed(entry, materialise(prepared.source, prepared.splits,
-                                                      run.backbone.input_size))
+            dataset = prepared.dataset()
             runtime.set_random_seed(run.seed)
             plan = self.plan(base, entry, dataset.n_classes, run.trainer)
-            standardize_head(plan, lambda: features.extractor(base, entry, features.POOLED)
-                             .predict(dataset.x_train, batch_size=run.trainer.batch_size,
-                                      verbose=0))
+            inner, plan.model = plan.model, on_pixels(entry, plan.model)  # takes uint8 pixels
+            standardize_head(plan, lambda: train.predicted(
+                features.extractor(base, entry, features.POOLED), dataset.x_train,
+                run.trainer.batch_size))
             self.log_phases(plan)
             result = train.train_and_evaluate(plan, {"images": dataset}, run.trainer, run.seed)
-            result.summary = train.model_summary(plan.model)
+            result.summary = f"{PIXELS_NOTE}{entry.preprocessing or entry.name}\n" \
+                f"{train.model_summary(inner)}"
             result.metrics |= cost
             return result
         root = features.cache_root(run.cache)
@@ -138,8 +138,8 @@ class Strategy:
                 *([self.cut(prepared.base, entry)] if route.inputs == "cut" else [])]
         frozen = features.frozen_datasets(
             lambda: prepared.base, entry, prepared.source, prepared.splits,
-            run.backbone.input_size, taps, root, run.trainer.batch_size, run.cache.fill_limit,
-            facts)
+            run.backbone.input_size, taps, root, run.trainer.batch_size, prepared.images,
+            run.cache.fill_limit, facts, run.cache.dtype)
         inputs = {"features": frozen[0].data} | ({"cut": frozen[1].data} if len(frozen) > 1
                                                   else {})
         runtime.set_random_seed(run.seed)
@@ -160,6 +160,9 @@ class Strategy:
         log.info("strategy %s: phases %s", self.name,
                  ", ".join(f"{p.name}({p.epochs} ep, lr={p.lr:g}, on {p.inputs})"
                            for p in plan.phases))
+
+
+PIXELS_NOTE = "Fed uint8 pixels; cast to float32 and preprocessed inside the model: "
 
 
 def standardize_head(plan: Plan, train_features: Callable[[], np.ndarray]) -> None:
