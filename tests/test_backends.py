@@ -171,7 +171,7 @@ def test_precision_keys_the_feature_cache(tiny_config, tmp_path):
     from tlbench.features import entry_dir, entry_key
     from tlbench.registry import BACKBONES
 
-    keys = [entry_key(BACKBONES["mobilenetv2"], "w", "d", 32, "pooled", precision)
+    keys = [entry_key(BACKBONES["mobilenetv2"], "w", "d", 32, "pooled", precision, "tensorflow")
             for precision in ("float32", "mixed_bfloat16")]
     assert entry_dir(tmp_path, keys[0]) != entry_dir(tmp_path, keys[1])
 

@@ -52,3 +52,20 @@ def test_bad_folder_leaves_a_failed_run_and_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("tlbench: error: data.path: only one")
     (run,) = runs_of(uri)
     assert run.info.status == "FAILED" and "only one class folder" in run.data.tags["error"]
+
+
+@pytest.mark.slow
+def test_a_sweep_decodes_a_folder_once_and_streams_every_route(tmp_path):
+    """A sweep over strategies, sizes and seeds on an image folder decodes its files in its first
+    job only; every job (on features, cut activations or images) then reads the caches."""
+    data = folder(tmp_path / "pets", ["chat", "chien", "lapin"], per_class=12)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench("-m", *TINY, f"data.path={data}", "backbone=mobilenetv2",
+                     "strategy=feature_extraction,partial_finetune,full_retrain",
+                     "data.train_size=3,all", "seed=0,1", cwd=tmp_path, uri=uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stderr + result.stdout
+    assert output.count("decoded 36 folder images at 32x32") == 1, output[-3000:]
+    runs = runs_of(uri)
+    assert len(runs) == 12 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["inputs"] for r in runs} == {"features", "cut", "images"}

@@ -313,3 +313,25 @@ def test_a_cached_run_trains_as_a_cold_run_without_building_the_base(tiny_config
     head = 2 * 1280 + 1280 * 5 + 5  # standardisation statistics, softmax layer
     assert warm.metrics["params_total"] == recorded.params + head
     assert warm.metrics["params_trainable"] == 1280 * 5 + 5
+
+
+def test_float16_cut_activations_halve_the_cache_and_train_alike(tiny_config, tmp_path):
+    """cache.dtype=float16 keeps a partial fine-tune's cut activations in half the bytes; the
+    run trains to nearly the same accuracy and logs the dtype as a param of its identity."""
+    from tlbench import identity, strategy
+    from tlbench.prepare import prepare
+
+    results, sizes = {}, {}
+    for dtype in ("float32", "float16"):
+        config = tiny_config("backbone.weights=source:digits04", "strategy=partial_finetune",
+                             "data.train_size=20", "trainer.epochs=3", "trainer.lr=0.01",
+                             f"cache.dir={tmp_path / dtype}", f"cache.dtype={dtype}")
+        prepared = prepare(config, config.backbone.weights, None)
+        results[dtype] = strategy.for_run(config).train(prepared).metrics
+        (cut,) = [p for p in (tmp_path / dtype).glob("*/rows.npy") if "-pooled-" not in str(p)]
+        sizes[dtype] = cut.stat().st_size
+        assert ("cut_dtype" in identity.identity(config)) == (dtype == "float16")
+    assert sizes["float16"] < 0.51 * sizes["float32"]
+    assert results["float16"]["test_accuracy"] > 0.35  # chance is 0.2
+    assert results["float16"]["test_accuracy"] == pytest.approx(
+        results["float32"]["test_accuracy"], abs=0.05)

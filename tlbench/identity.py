@@ -2,7 +2,8 @@
 
 A run's params are its effective config: what it ran with (backbone.weights as loaded: `null`
 for the scratch control and weightless backbones), minus where things are stored and keys that
-change nothing (trainer.verbose; keras_file's backbone.imports, where its classes are found).
+change nothing (trainer.verbose; keras_file's backbone.imports, where its classes are found),
+plus `cut_dtype` where cached cut activations are kept as float16 (cache.dtype).
 Its config_hash adds the content behind path-valued settings (the data files of folder and npz
 sources, a weights file, a .keras model or KerasHub preset) and leaves out the pretraining
 settings where no source checkpoint is used, so a run is redone when its inputs change and not
@@ -21,8 +22,10 @@ from tlbench.backbone import weights_kind
 from tlbench.config import RunConfig
 from tlbench.paths import sha256_of
 
-IDENTITY_VERSION = 2
-"""Version 1 hashed path strings and every key; its runs are not resumed by version 2."""
+IDENTITY_VERSION = 3
+"""Version 1 hashed path strings and every key; version 2's runs trained on float32 pixels
+(version 3 on uint8 pixels from the decoded-image cache, whose rounding moves the numbers a
+little): neither is resumed by version 3."""
 
 
 def effective_weights(config: RunConfig) -> str | None:
@@ -37,12 +40,20 @@ def identity(config: RunConfig) -> dict:
     values = dataclasses.asdict(config)
     for key in ("tracking", "cache"):
         values.pop(key)
+    if config.cache.dtype != "float32" and cuts_cached(config):
+        values["cut_dtype"] = config.cache.dtype  # float16 cut activations: other numbers
     values["pretrain"].pop("cache_dir")
     values["trainer"].pop("verbose")
     values["backbone"].pop("imports", None)  # keras_file: where its classes are, not the network
     values["backbone"]["weights"] = effective_weights(config)
     values["keras_backend"] = runtime.backend()
     return values
+
+
+def cuts_cached(config: RunConfig) -> bool:
+    """Whether the run trains on cached activations at a cut (whose dtype cache.dtype sets)."""
+    strategy = registry.STRATEGIES[config.strategy.name](config.strategy)
+    return strategy.route(config, config.backbone.entry()).inputs == "cut"
 
 
 def content(config: RunConfig) -> dict[str, str | None]:

@@ -96,7 +96,7 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
     splits = data.split_indices(source, config.data, config.seed)
     log.info("data %s: %d train / %d val / %d test, %d classes; %s", config.data.name,
              len(splits.train), len(splits.val), len(splits.test), len(source.class_names),
-             data.source.sizes_text(source.images.image_shape, config.backbone.input_size))
+             source.images.sizes_text(config.backbone.input_size))
     checkpoint, overlap = None, None
     if backbone.weights_kind(weights) == "source":
         overlap = refuse_source_overlap(config, source, splits)

@@ -29,19 +29,24 @@ FLEXIBLE_MIN_SIZE = 32
 def imagenet_mode(mode: str, images):
     """keras.applications' preprocess_input in `mode` (tf, caffe, torch), on a float32 copy of
     the images (a NumPy array, or a backend tensor inside the model)."""
-    import keras
     from keras.applications import imagenet_utils
 
-    return imagenet_utils.preprocess_input(keras.ops.cast(images, "float32") if not isinstance(
-        images, np.ndarray) else images.astype("float32"), mode=mode)
+    return imagenet_utils.preprocess_input(as_float32(images), mode=mode)
 
 
 def affine(scale: Sequence[float], offset: Sequence[float], images):
-    """images * scale + offset (per channel where scale and offset are lists), in float32."""
+    """images * scale + offset (per channel where scale and offset are lists), in float32 (a
+    NumPy array, or a backend tensor inside the model)."""
+    return as_float32(images) * np.asarray(scale, "float32") + np.asarray(offset, "float32")
+
+
+def as_float32(images):
+    """A float32 copy of a NumPy array, or the backend tensor cast to float32."""
+    if isinstance(images, np.ndarray):
+        return images.astype("float32")
     import keras
 
-    return keras.ops.cast(images, "float32") * np.asarray(scale, "float32") + \
-        np.asarray(offset, "float32")
+    return keras.ops.cast(images, "float32")
 
 
 def unchanged(images: np.ndarray) -> np.ndarray:

@@ -117,7 +117,7 @@ class FolderImages(ImageSource):
         return "tensorflow" if runtime.backend() == "tensorflow" else "pillow"
 
     def __getitem__(self, positions) -> np.ndarray:
-        positions = np.atleast_1d(positions)
+        positions = np.atleast_1d(np.asarray(positions))
         out = np.empty((len(positions), self.size, self.size, 3), np.float32)
         order = {int(p): i for i, p in enumerate(positions)}
         for chunk, images in self.decode(positions, self.size):
@@ -127,8 +127,11 @@ class FolderImages(ImageSource):
     def decode(self, positions: np.ndarray,
                size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The files at `positions` decoded and resized to size x size, rounded to uint8, in
-        chunks (in parallel on every core)."""
-        if self.decoder == "tensorflow":
+        chunks (in parallel on every core); at another size than data.input_size, decoded at
+        that size first, then resized again."""
+        if size != self.size:
+            yield from super().decode(positions, size)
+        elif self.decoder == "tensorflow":
             yield from self._tensorflow_decoded(positions, size)
         else:
             yield from self._pillow_decoded(positions, size)

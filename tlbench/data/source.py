@@ -49,6 +49,15 @@ class ImageSource(ABC):
     def image_shape(self) -> tuple[int, int]:
         """(height, width) of every served image."""
 
+    def sizes_text(self, input_size: int) -> str:
+        """The sizes a run's images have: as served and as the backbone sees them, e.g. 'images
+        decoded at 224x224, resized to 32x32 for the backbone (backbone.input_size)'."""
+        height, width = self.image_shape
+        if (height, width) == (input_size, input_size):
+            return f"images {width}x{height}, as the backbone sees them"
+        return (f"images decoded at {width}x{height}, resized to {input_size}x{input_size} for "
+                "the backbone (backbone.input_size)")
+
     def decode(self, positions: np.ndarray,
                size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The images at `positions` as (n, size, size, 3) uint8, in (positions, images) chunks:
@@ -148,16 +157,6 @@ def note_upscaling(source: str, small: int, total: int, smallest: tuple[int, int
         log.info("data %s: %d of %d images are smaller than %dx%d (smallest %dx%d); "
                  "they are upscaled to %dx%d when decoded (data.input_size)", source, small,
                  total, size, size, smallest[0], smallest[1], size, size)
-
-
-def sizes_text(served: tuple[int, int], input_size: int) -> str:
-    """The sizes a run's images actually have: as served (decoded) and as the backbone sees
-    them, e.g. 'images decoded at 224x224, resized to 32x32 for the backbone'."""
-    height, width = served
-    if (height, width) == (input_size, input_size):
-        return f"images {width}x{height}, as the backbone sees them"
-    return (f"images decoded at {width}x{height}, resized to {input_size}x{input_size} for the "
-            "backbone (backbone.input_size)")
 
 
 def short_reason(exc: BaseException) -> str:
