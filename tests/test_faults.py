@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tlbench.features import cached_rows
+from tlbench.rowcache import cached_rows
 from tlbench.server import exposure_warning
 from tlbench.store import check_tracking_store, ensure_experiment, redact
 from tlbench.sweep import eta_seconds, read_jobs, summary
@@ -35,9 +35,9 @@ KEY = {"format": 1, "test": "faults"}
 def squares(asked: list[int]):
     """Rows (p, p^2) for positions p, recording which positions were computed."""
 
-    def compute(positions: np.ndarray) -> np.ndarray:
+    def compute(positions: np.ndarray):
         asked.extend(int(p) for p in positions)
-        return np.stack([positions + 1.0, positions**2.0 + 1], axis=1).astype(np.float32)
+        yield positions, np.stack([positions + 1.0, positions**2.0 + 1], axis=1).astype(np.float32)
 
     return compute
 
@@ -58,10 +58,10 @@ def test_truncated_rows_are_rebuilt_never_served_as_zeros(tmp_path):
     os.truncate(rows_file, rows_file.stat().st_size - 3 * 8)  # an interrupted copy: 3 rows short
     asked: list[int] = []
     rows, computed, _ = cached_rows(folder, KEY, np.array([2, 9]), 10, squares(asked))
-    assert rows.tolist() == expected([2, 9]) and computed == 2 and asked == [2, 9]
+    assert rows.read([2, 9]).tolist() == expected([2, 9]) and computed == 2 and asked == [2, 9]
     assert np.load(folder / "done.npy").tolist() == [i in (2, 9) for i in range(10)]
     rows, computed, _ = cached_rows(folder, KEY, np.arange(10), 10, squares(asked))
-    assert rows.tolist() == expected(range(10)) and computed == 8
+    assert rows.read(np.arange(10)).tolist() == expected(range(10)) and computed == 8
 
 
 def test_rows_of_another_shape_rebuild_rows_and_mask_together(tmp_path):
@@ -70,11 +70,12 @@ def test_rows_of_another_shape_rebuild_rows_and_mask_together(tmp_path):
     np.save(folder / "rows.npy", np.zeros((10, 3), dtype=np.float32))  # done.npy still all True
     asked: list[int] = []
     rows, computed, _ = cached_rows(folder, KEY, np.array([0, 5]), 10, squares(asked))
-    assert rows.tolist() == expected([0, 5]) and sorted(asked) == [0, 5]
+    assert rows.read([0, 5]).tolist() == expected([0, 5]) and sorted(asked) == [0, 5]
     np.save(folder / "rows.npy", np.zeros((10, 3), dtype=np.float32))
     asked.clear()
     rows, computed, _ = cached_rows(folder, KEY, np.array([0, 5, 7]), 10, squares(asked))
-    assert rows.tolist() == expected([0, 5, 7]) and computed == 3  # 7 missing, 0 and 5 redone
+    assert rows.read([0, 5, 7]).tolist() == expected([0, 5, 7])
+    assert computed == 3  # 7 missing, 0 and 5 redone
     assert np.load(folder / "done.npy").sum() == 3
 
 
@@ -88,7 +89,7 @@ def test_corrupt_done_mask_rebuilds_the_entry(tmp_path, damage):
         (folder / "done.npy").write_bytes(damage)
     asked: list[int] = []
     rows, computed, _ = cached_rows(folder, KEY, np.array([1, 3]), 10, squares(asked))
-    assert rows.tolist() == expected([1, 3]) and computed == 2
+    assert rows.read([1, 3]).tolist() == expected([1, 3]) and computed == 2
 
 
 FULL_DISK = """
@@ -96,12 +97,12 @@ import resource, signal, sys
 from pathlib import Path
 import numpy as np
 from tlbench.errors import TlbenchError
-from tlbench.features import cached_rows
+from tlbench.rowcache import cached_rows
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 try:
     cached_rows(Path(sys.argv[1]), {"k": 1}, np.arange(4000), 4000,
-                lambda p: np.ones((len(p), 16), dtype=np.float32))
+                lambda p: [(p, np.ones((len(p), 16), dtype=np.float32))], what="feature cache")
 except TlbenchError as exc:
     print(exc)
     sys.exit(3)
@@ -117,8 +118,8 @@ def test_a_full_disk_fails_with_one_line_and_leaves_the_entry_consistent(tmp_pat
     assert line.startswith(f"feature cache {folder}: cannot write") and "cache.dir" in line
     assert not (folder / "done.npy").exists() or not np.load(folder / "done.npy").any()
     rows, computed, _ = cached_rows(folder, {"k": 1}, np.array([0, 3999]), 4000,
-                                    lambda p: np.full((len(p), 16), 2.0, dtype=np.float32))
-    assert computed == 2 and (rows == 2.0).all()
+                                    lambda p: [(p, np.full((len(p), 16), 2.0, np.float32))])
+    assert computed == 2 and (rows.read([0, 3999]) == 2.0).all()
 
 
 def test_sigterm_mid_run_ends_the_run_killed_and_the_summary_says_so(tmp_path):
