@@ -15,13 +15,13 @@ EVERY_SECONDS = 5.0
 
 
 def duration(seconds: float) -> str:
-    """A short duration: '42 s', '3 min 05 s', '1 h 02 min'."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    """Seconds as 1h02m, 4m10s or 12s."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def reported(chunks: Iterable[tuple[np.ndarray, np.ndarray]], total: int, what: str,

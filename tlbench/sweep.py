@@ -31,6 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tlbench.errors import TlbenchError
+from tlbench.progress import duration
 
 log = logging.getLogger("tlbench")
 
@@ -192,17 +193,7 @@ def eta_text(sweep: SweepInfo) -> str:
     except Exception as exc:  # noqa: BLE001 - a progress line must never fail a finished job
         log.warning("sweep ETA unavailable: %s", exc)
         return ""
-    return "" if eta is None else f"; sweep ETA {_duration(eta)}"
-
-
-def _duration(seconds: float) -> str:
-    """Seconds as 1h02m, 4m10s or 12s."""
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    return "" if eta is None else f"; sweep ETA {duration(eta)}"
 
 
 def prepare_store(config: DictConfig) -> None:
@@ -251,7 +242,7 @@ def summary(folder: Path, elapsed: float) -> list[str]:
     jobs = read_jobs(folder)
     count = {status: sum(job["status"] == status for job in jobs)
              for status in ("done", "skipped", "failed", "killed", "planned")}
-    head = (f"sweep finished in {_duration(elapsed)}: {count['done']} done, "
+    head = (f"sweep finished in {duration(elapsed)}: {count['done']} done, "
             f"{count['skipped']} skipped (already FINISHED), {count['failed']} failed")
     if count["killed"]:
         head = head.replace("sweep finished", "sweep stopped") + \
