@@ -29,6 +29,9 @@ SOURCE_PREFIX = "source:"
 OmegaConf.register_new_resolver(
     "head_suffix", lambda name: "" if name == "dense" else f"+{name}", replace=True)
 """Run names mark a non-default head: mobilenetv2-feature_extraction+logreg-n10-s0."""
+OmegaConf.register_new_resolver(
+    "task_prefix", lambda task: "" if task is None else f"{task}-", replace=True)
+"""Run names start with a suite's task: shapes4-mobilenetv2-feature_extraction-n10-s0."""
 
 
 @dataclass(kw_only=True)
@@ -119,13 +122,21 @@ class StrategyConfig:
     head: Any = None
 
 
+DATA_LABELS = ("task", "group")
+"""Data keys that name a dataset rather than decide its content."""
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     """Where images come from and how the fixed val/test splits and nested train subsets are cut.
 
-    Each data source declares its subclass beside its loader (tlbench/data/)."""
+    Each data source declares its subclass beside its loader (tlbench/data/). `task` names the
+    dataset in reports (a suite's task name; null: the source's name) and `group` is its suite
+    group (VTAB-1k's natural, specialized, structured)."""
 
     name: str
+    task: str | None
+    group: str | None
     train_size: str
     val_fraction: float
     test_fraction: float
