@@ -95,7 +95,8 @@ def rate_child(folder: str, size: int) -> None:
 
     source = load_source(FolderConfig(name="folder", path=folder, on_bad_file="skip",
                                       check="header", input_size=size, train_size="all",
-                                      val_fraction=0.1, test_fraction=0.2, split_seed=0, task=None, group=None))
+                                      val_fraction=0.1, test_fraction=0.2, split_seed=0, task=None,
+                                      group=None))
     n = len(source.labels)
     keras_rates, tlbench_rates = [], []
     for repeat in range(3):
