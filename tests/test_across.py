@@ -179,8 +179,8 @@ def test_report_has_the_across_section_with_friedman_and_nemenyi(report) -> None
     assert (
         "Left out (did not finish on every dataset): vgg16 · feature\\_extraction · all." in section
     )
-    assert "χ²\\_F = 7.30" in section
-    assert "F\\_F = 10.81 with (2, 8) degrees of freedom" in section
+    assert "χ² = 7.30 (p = 0.026)" in section
+    assert "Iman–Davenport F = 10.81 with (2, 8) degrees of freedom" in section
     assert "= 1.48." in section
     assert (out / "tlbench-suite-cd-diagram.png").read_bytes().startswith(b"\x89PNG")
     assert "![Critical-difference diagram](tlbench-suite-cd-diagram.png)" in section

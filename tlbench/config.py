@@ -122,6 +122,8 @@ class StrategyConfig:
     head: Any = None
 
 
+PROTOCOLS = ("tune", "final")
+"""data.protocol: tune (train on train, choose on val) or final (train on train+val)."""
 DATA_LABELS = ("task", "group")
 """Data keys that name a dataset rather than decide its content."""
 
@@ -137,6 +139,7 @@ class DataConfig:
     name: str
     task: str | None
     group: str | None
+    protocol: str
     train_size: str
     val_fraction: float
     test_fraction: float
@@ -151,6 +154,7 @@ class DataConfig:
         check(self.val_fraction + self.test_fraction < 1, "data.test_fraction",
               self.test_fraction, "val_fraction + test_fraction < 1")
         check_seed("data.split_seed", self.split_seed)
+        check_choice("data.protocol", self.protocol, PROTOCOLS)
 
     def content_digest(self) -> str | None:
         """A digest of the files the source reads, where settings alone do not fix its content
@@ -367,7 +371,7 @@ def packaged_defaults(group: str, option: str) -> dict:
     return OmegaConf.to_container(OmegaConf.merge(merged, node))
 
 
-def group_config(group: str, option: str, schema: type, **overrides: Any):
+def group_config(group: str, option: str, schema: type, /, **overrides: Any):
     """A typed config from a packaged YAML option plus overrides, outside Hydra (pretraining
     sources, tools and tests)."""
     return typed(schema, packaged_defaults(group, option) | overrides, group)

@@ -49,6 +49,8 @@ def identity(config: RunConfig) -> dict:
     for label in DATA_LABELS:  # a suite's task name and group; absent, as before suites
         if values["data"][label] is None:
             values["data"].pop(label)
+    if values["data"]["protocol"] == "tune":  # the default: absent, as before protocols
+        values["data"].pop("protocol")
     values["keras_backend"] = runtime.backend()
     return values
 

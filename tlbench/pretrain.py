@@ -99,7 +99,7 @@ def checkpoint_key(backbone: BackboneConfig, source: str, cfg: PretrainConfig) -
         "bn_momentum": backbone.bn_momentum,
         "source": source,
         "source_data": {key: value for key, value in dataclasses.asdict(source_data(source))
-                        .items() if key not in DATA_LABELS},
+                        .items() if key not in (*DATA_LABELS, "protocol")},
         "pretrain": settings,
         "recipe": RECIPE,
     }

@@ -269,11 +269,11 @@ def significance(result: Across, folder: Path, stem: str) -> list[str]:
     )
     return [
         f"**Friedman test** over {k} configurations and {n} datasets (Demšar 2006): "
-        f"χ²_F = {test.chi2:.2f} (p = {test.chi2_p:.3g}); Iman–Davenport F_F = "
+        f"χ² = {test.chi2:.2f} (p = {test.chi2_p:.3g}); Iman–Davenport F = "
         f"{test.f:.2f} with ({k - 1}, {(k - 1) * (n - 1)}) degrees of freedom "
         f"(p = {test.f_p:.3g}): {verdict} at α = {test.alpha:g}.",
         "",
-        f"**Nemenyi critical difference:** CD = q_α·√(k(k+1)/6N) = {test.q_alpha:.3f}·"
+        f"**Nemenyi critical difference:** CD = q·√(k(k+1)/6N) = {test.q_alpha:.3f}·"
         f"√({k}·{k + 1}/(6·{n})) = {test.cd:.2f}. Two configurations whose mean ranks "
         "differ by at least the CD are significantly different; the diagram joins those "
         "that are not.",
