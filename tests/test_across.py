@@ -26,7 +26,14 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from tlbench.report import fetch
-from tlbench.report.across import across, dataset_names, naming_columns, split_by_dataset
+from tlbench.report.across import (
+    across,
+    dataset_names,
+    naming_columns,
+    protocol_line,
+    scores_across,
+    split_by_dataset,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -179,6 +186,7 @@ def test_report_has_the_across_section_with_friedman_and_nemenyi(report) -> None
     assert (
         "Left out (did not finish on every dataset): vgg16 · feature\\_extraction · all." in section
     )
+    assert "**Protocol:** tune (trained on train, val held out for choosing) on every" in section
     assert "χ² = 7.30 (p = 0.026)" in section
     assert "Iman–Davenport F = 10.81 with (2, 8) degrees of freedom" in section
     assert "= 1.48." in section
@@ -214,3 +222,34 @@ def test_fewer_than_five_datasets_say_why_there_is_no_test(store, tmp_path: Path
     assert "no Friedman test: it needs at least 3 configurations" in text
     assert "(here 3 and 4)" in text
     assert not list(tmp_path.glob("*cd-diagram.png"))
+
+
+def test_protocol_line_names_each_datasets_protocol_when_they_differ() -> None:
+    line = protocol_line({"d1": "tune", "d2": "final"})
+    assert line.startswith("**Protocol per dataset:** d1: tune (trained on train")
+    assert "d2: final (trained on train+val with the chosen values)." in line
+
+
+def test_scores_across_gives_each_scores_tau_per_dataset_and_its_mean() -> None:
+    def taus(logme: float, size: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "strategy.name": ["feature_extraction"],
+                "data.train_size": ["all"],
+                "backbones": [3],
+                "logme_tau": [logme],
+                "params_total_tau": [size],
+            }
+        )
+
+    text = scores_across(
+        {"d1": taus(1.0, -1 / 3), "d2": taus(1 / 3, float("nan")), "d3": pd.DataFrame()},
+        ["strategy.name", "data.train_size"],
+    )
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0] == (
+        "| score | strategy.name | data.train\\_size | d1 | d2 | mean tau | datasets |"
+    )
+    assert rows[1] == "| logme | feature\\_extraction | all | +1.00 | +0.33 | +0.67 | 2 |"
+    assert rows[2] == "| params\\_total | feature\\_extraction | all | -0.33 | – | -0.33 | 1 |"
+    assert scores_across({"d1": pd.DataFrame()}, []) is None

@@ -134,7 +134,13 @@ def across_datasets_report(whole, datasets: dict, score_runs, source, args: argp
     """A report over several datasets: each aggregated on its own, then compared across;
     returns the markdown and every figure (key -> file name)."""
     from tlbench.report import plots, render
-    from tlbench.report.across import across_section, dataset_groups, naming_columns
+    from tlbench.report.across import (
+        across_section,
+        dataset_groups,
+        dataset_protocols,
+        naming_columns,
+        scores_across,
+    )
     from tlbench.report.analysis import analyse
 
     per_dataset, figures = {}, {}
@@ -144,13 +150,18 @@ def across_datasets_report(whole, datasets: dict, score_runs, source, args: argp
             analysis, args.metric, args.out, report_stem(stem, name))
         per_dataset[name] = (analysis, drawn)
         figures |= {f"{name}/{key}": file for key, file in drawn.items()}
-    analyses = [analysis for analysis, _ in per_dataset.values()]
+    ranked = {name: a for name, (a, _) in per_dataset.items() if not a.summary.empty}
     across = across_section({name: a.summary for name, (a, _) in per_dataset.items()},
-                            naming_columns([a.shown for a in analyses if not a.summary.empty]),
-                            dataset_groups(whole.runs), args.metric, args.out, stem)
+                            naming_columns([a.shown for a in ranked.values()]),
+                            dataset_groups(whole.runs), args.metric, args.out, stem,
+                            dataset_protocols(datasets))
     cd_diagram = f"{stem}-cd-diagram.png"
     if (args.out / cd_diagram).is_file() and cd_diagram in across:
         figures["cd-diagram"] = cd_diagram
+    scores = scores_across({name: a.scores.taus for name, a in ranked.items()
+                            if a.scores is not None},
+                           next((a.scores.group for a in ranked.values() if a.scores), []))
+    across = across if scores is None else f"{across}\n\n{scores}"
     return render.render_datasets(whole, per_dataset, source, across), figures
 
 

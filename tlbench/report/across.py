@@ -209,13 +209,45 @@ def across_section(
         )
     lines += [comparison_table(result), ""]
     if protocols:
-        lines += [
-            "Protocol per dataset: "
-            + escape("; ".join(f"{dataset}: {protocol}" for dataset, protocol in protocols.items()))
-            + ".",
-            "",
-        ]
+        lines += [protocol_line(protocols), ""]
     return "\n".join([*lines, *significance(result, folder, stem)])
+
+
+PROTOCOLS = {
+    "tune": "tune (trained on train, val held out for choosing)",
+    "final": "final (trained on train+val with the chosen values)",
+}
+
+
+def dataset_protocols(datasets: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """The data.protocol of each dataset's runs (tune where not logged), joined when mixed."""
+    return {
+        name: ", ".join(
+            sorted(
+                column(runs, "params.data.protocol")
+                .where(_given(column(runs, "params.data.protocol")), "tune")
+                .unique()
+            )
+        )
+        for name, runs in datasets.items()
+    }
+
+
+def protocol_line(protocols: dict[str, str]) -> str:
+    """Which protocol produced the numbers: one for all datasets, or each dataset's."""
+    kinds = set(protocols.values())
+    if len(kinds) == 1:
+        kind = kinds.pop()
+        return f"**Protocol:** {escape(PROTOCOLS.get(kind, kind))} on every dataset."
+    return (
+        "**Protocol per dataset:** "
+        + escape(
+            "; ".join(
+                f"{dataset}: {PROTOCOLS.get(kind, kind)}" for dataset, kind in protocols.items()
+            )
+        )
+        + "."
+    )
 
 
 def comparison_table(result: Across) -> str:
@@ -280,3 +312,43 @@ def significance(result: Across, folder: Path, stem: str) -> list[str]:
         "",
         f"![Critical-difference diagram]({figure})",
     ]
+
+
+def scores_across(taus: dict[str, pd.DataFrame], group: list[str]) -> str | None:
+    """Each transferability score's (and model size's) Kendall tau per dataset and its mean over
+    the datasets, per strategy and size; None when no dataset has score runs."""
+    from tlbench.report.stats import BASELINES, SCORE_NAMES
+
+    frames = [frame.assign(dataset=name) for name, frame in taus.items() if not frame.empty]
+    if not frames:
+        return None
+    both = pd.concat(frames, ignore_index=True)
+    datasets = list(dict.fromkeys(both["dataset"]))
+    rows = []
+    for name in (*SCORE_NAMES, *BASELINES):
+        if f"{name}_tau" not in both or both[f"{name}_tau"].isna().all():
+            continue
+        for key, members in both.groupby(group, sort=False):
+            per = members.set_index("dataset")[f"{name}_tau"].reindex(datasets)
+            rows.append(
+                (
+                    name,
+                    *(key if isinstance(key, tuple) else (key,)),
+                    *(number(v, "+.2f") for v in per),
+                    number(per.mean(), "+.2f"),
+                    int(per.notna().sum()),
+                )
+            )
+    headers = ["score", *group, *datasets, "mean tau", "datasets"]
+    return "\n".join(
+        [
+            "### Scores before training, across datasets",
+            "",
+            "Kendall's tau-b between each score (`python -m tlbench rank`, per dataset: "
+            "`data=task1,task2,...`) and the accuracy the backbones reached, per dataset, and its "
+            "mean over the datasets that have it (– where a dataset has fewer than 3 scored "
+            "backbones). params_total and flops are the model-size baselines a score must beat.",
+            "",
+            table(headers, rows, "l" * (1 + len(group)) + "r" * (len(datasets) + 2)),
+        ]
+    )
