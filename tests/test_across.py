@@ -253,3 +253,48 @@ def test_scores_across_gives_each_scores_tau_per_dataset_and_its_mean() -> None:
     assert rows[1] == "| logme | feature\\_extraction | all | +1.00 | +0.33 | +0.67 | 2 |"
     assert rows[2] == "| params\\_total | feature\\_extraction | all | -0.33 | – | -0.33 | 1 |"
     assert scores_across({"d1": pd.DataFrame()}, []) is None
+
+
+def test_the_offline_suite_runs_and_reports_across_its_five_tasks(tmp_path: Path) -> None:
+    """`-m +suite=offline` through the real CLI at a reduced scale (the pixels floor, two heads
+    x two learning rates, 5 images per class, 1 epoch), then the report with its CD diagram."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    environment = os.environ | {"PYTHONPATH": str(REPO)}
+    sweep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlbench",
+            "-m",
+            "+suite=offline",
+            "backbone=pixels",
+            "head=logreg,dense",
+            "trainer.lr=0.01,0.001",
+            "data.train_size=5",
+            "data.input_size=16",
+            "trainer.epochs=1",
+            "trainer.patience=null",
+            f"tracking.uri={uri}",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert "20 done" in sweep.stderr + sweep.stdout
+    done = cli("--tracking-uri", uri, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "The runs span 5 datasets: digits59, shapes10, shapes4, synthetic_n10, synthetic_n60"
+        in done.stdout
+    )
+    report = next((tmp_path / "out").glob("tlbench-offline-*.md")).read_text(encoding="utf-8")
+    section = report.split("## Across datasets", 1)[1].split("\n## ", 1)[0]
+    assert "| digits59 (natural) | shapes10 (shapes) | shapes4 (shapes) |" in section
+    assert "**Friedman test** over 4 configurations and 5 datasets" in section
+    assert len(list((tmp_path / "out").glob("tlbench-offline-*-cd-diagram.png"))) == 1
+    for task in ("digits59", "shapes4", "synthetic_n60"):
+        assert f"\n## Dataset {task}\n" in report
