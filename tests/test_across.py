@@ -108,17 +108,24 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pd.DataFrame]:
 def test_dataset_is_the_task_name_else_the_source_and_its_differing_settings() -> None:
     runs = pd.DataFrame(
         {
-            "params.data.name": ["shapes", "shapes", "digits", "synthetic"],
-            "params.data.n_classes": ["4", "10", None, None],
-            "params.data.train_size": ["10", "all", "10", "all"],
-            "params.data.task": ["null", "null", "null", "noisy"],
+            "params.data.name": ["shapes", "shapes", "digits", "synthetic", None],
+            "params.data.n_classes": ["4", "10", None, None, None],
+            "params.data.train_size": ["10", "all", "10", "all", None],
+            "params.data.task": ["null", "null", "null", "noisy", None],
         }
     )
-    assert dataset_names(runs).tolist() == [
+    assert dataset_names(runs).tolist()[:4] == [
         "shapes (n_classes=4)",
         "shapes (n_classes=10)",
         "digits",
         "noisy",
+    ]
+    assert pd.isna(dataset_names(runs)[4])  # a run that logged no data is no dataset
+    assert list(split_by_dataset(runs)) == [
+        "digits",
+        "noisy",
+        "shapes (n_classes=10)",
+        "shapes (n_classes=4)",
     ]
 
 

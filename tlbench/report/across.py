@@ -44,9 +44,9 @@ def _given(values: pd.Series) -> pd.Series:
 
 def dataset_names(runs: pd.DataFrame) -> pd.Series:
     """Each run's dataset: its data.task, else data.name plus the task settings that tell its
-    source's datasets apart, e.g. 'shapes (n_classes=4)'."""
+    source's datasets apart, e.g. 'shapes (n_classes=4)'; NaN for a run that logged no data."""
     task = column(runs, f"params.{TASK}")
-    source = column(runs, "params.data.name").astype(str)
+    source = column(runs, "params.data.name")
     settings = [
         c
         for c in runs
