@@ -134,7 +134,8 @@ class DataConfig:
 
     Each data source declares its subclass beside its loader (tlbench/data/). `task` names the
     dataset in reports (a suite's task name; null: the source's name) and `group` is its suite
-    group (VTAB-1k's natural, specialized, structured)."""
+    group (VTAB-1k's natural, specialized, structured). `protocol` final trains on train+val (the
+    run after tuning on val)."""
 
     name: str
     task: str | None
