@@ -1,4 +1,5 @@
-"""Progress lines for long work (cache fills): count, rate and time left, every few seconds."""
+"""Progress lines for long work: cache fills (count, rate and time left, every few seconds) and
+epochs of a long fit (one line each, with the time left)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,11 @@ def reported(chunks: Iterable[tuple[np.ndarray, np.ndarray]], total: int, what: 
             log.info("%s: %d/%d %s (%.0f/s, %s left)", what, done, total, unit, rate,
                      duration((total - done) / rate))
             last = now
+
+
+def epoch_line(what: str, epoch: int, epochs: int, seconds: float, logs: dict) -> str:
+    """`pretraining ...: epoch 3/15 loss 0.512 val_accuracy 0.8100 (5.2s); ETA 1m04s`: the
+    time left is this epoch's time for each epoch still to run (the first also traces)."""
+    scores = " ".join(f"{key} {logs[key]:.4f}" for key in ("loss", "val_accuracy") if key in logs)
+    eta = f"; ETA {duration(seconds * (epochs - epoch))}" if epoch < epochs else ""
+    return f"{what}: epoch {epoch}/{epochs} {scores} ({seconds:.1f}s){eta}"
