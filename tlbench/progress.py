@@ -42,9 +42,15 @@ def reported(chunks: Iterable[tuple[np.ndarray, np.ndarray]], total: int, what: 
             last = now
 
 
-def epoch_line(what: str, epoch: int, epochs: int, seconds: float, logs: dict) -> str:
-    """`pretraining ...: epoch 3/15 loss 0.512 val_accuracy 0.8100 (5.2s); ETA 1m04s`: the
-    time left is this epoch's time for each epoch still to run (the first also traces)."""
+def epoch_line(what: str, epochs: int, seconds: list[float], logs: dict) -> str:
+    """`pretraining ...: epoch 3/15 loss 0.3138 val_accuracy 0.2000 (4.0s); ETA 48s` for the
+    epoch that took seconds[-1]: the time left is the mean of the epochs after the first for each
+    epoch still to run. The first also traces the model (a minute on 2 cores against seconds),
+    so its line gives no ETA."""
+    epoch = len(seconds)
     scores = " ".join(f"{key} {logs[key]:.4f}" for key in ("loss", "val_accuracy") if key in logs)
-    eta = f"; ETA {duration(seconds * (epochs - epoch))}" if epoch < epochs else ""
-    return f"{what}: epoch {epoch}/{epochs} {scores} ({seconds:.1f}s){eta}"
+    if epoch == 1:
+        return f"{what}: epoch 1/{epochs} {scores} ({seconds[0]:.1f}s, tracing included)"
+    steady = sum(seconds[1:]) / (epoch - 1)
+    eta = f"; ETA {duration(steady * (epochs - epoch))}" if epoch < epochs else ""
+    return f"{what}: epoch {epoch}/{epochs} {scores} ({seconds[-1]:.1f}s){eta}"

@@ -62,8 +62,7 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None) -> None:
         self.seconds.append(time.perf_counter() - self._start)
         if self._progress:
-            log.info(epoch_line(self._progress, epoch + 1, self._epochs, self.seconds[-1],
-                                logs or {}))
+            log.info(epoch_line(self._progress, self._epochs, self.seconds, logs or {}))
 
 
 @dataclass
