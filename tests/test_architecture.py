@@ -105,6 +105,37 @@ def test_no_module_is_over_400_lines():
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
 
 
+PRIVATE_MODULES = ("hydra._internal", "keras.src", "tensorflow.python")
+PRIVATE_NAMES = {"_run_through_graph", "_functional", "_flatten_layers", "_context_handle",
+                 "_gradient_registry", "_apply_overrides_to_config"}
+COMPAT = PACKAGE / "compat.py"
+
+
+def private_uses(path: Path) -> list[str]:
+    """The private modules and names a file reaches: imports, attribute access, and strings
+    (getattr(x, "_functional"), a dotted class path)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [alias.name for alias in node.names]
+            found += [n for n in names if n.startswith(PRIVATE_MODULES)]
+        elif isinstance(node, ast.Attribute) and node.attr in PRIVATE_NAMES:
+            found.append(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+                node.value in PRIVATE_NAMES or node.value.startswith(PRIVATE_MODULES)):
+            found.append(node.value)
+    return found
+
+
+def test_only_the_compat_module_uses_private_apis():
+    roots = (PACKAGE, PACKAGE.parent / "hydra_plugins", PACKAGE.parent / "conf")
+    uses = {str(p.relative_to(PACKAGE.parent)): private_uses(p)
+            for root in roots for p in root.rglob("*.py") if p != COMPAT}
+    assert {name: found for name, found in uses.items() if found} == {}
+    assert private_uses(COMPAT)  # the check sees what compat.py does
+
+
 TOY = """
     import sys
     from dataclasses import dataclass

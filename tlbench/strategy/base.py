@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from tlbench import features, registry, runtime
+from tlbench import compat, features, registry, runtime
 from tlbench.backbone import BackboneSpec, on_pixels
 from tlbench.backbone.cost import multiply_adds
 from tlbench.base_facts import BaseFacts, base_facts
@@ -170,7 +170,7 @@ def standardize_head(plan: Plan, train_features: Callable[[], np.ndarray]) -> No
     (computed only if the plan has such a layer); fixed afterwards, never fitted on val/test."""
     models = [plan.model, *(phase.model for phase in plan.phases if phase.model is not None)]
     layers = {id(layer): layer for model in models
-              for layer in model._flatten_layers(include_self=False, recursive=True)
+              for layer in compat.walk_layers(model)
               if layer.name == STANDARDIZE}
     if layers:
         values = train_features()
