@@ -346,14 +346,24 @@ def parse_config(cfg: DictConfig | dict) -> RunConfig:
 
 
 def packaged_defaults(group: str, option: str) -> dict:
-    """The values of conf/<group>/<option>.yaml (following its defaults list), as a dict."""
-    text = (files("tlbench.conf") / group / f"{option}.yaml").read_text()
-    node = OmegaConf.create(text)
+    """The values of conf/<group>/<option>.yaml, or of the option registered in its place
+    (following its defaults list), as a dict."""
+    path = files("tlbench.conf") / group / f"{option}.yaml"
+    node = OmegaConf.create(path.read_text() if path.is_file() else stored_option(group, option))
     merged = OmegaConf.create()
     for parent in node.pop("defaults", []):
         if parent != "_self_":
             merged = OmegaConf.merge(merged, packaged_defaults(group, parent))
     return OmegaConf.to_container(OmegaConf.merge(merged, node))
+
+
+def stored_option(group: str, option: str) -> DictConfig:
+    """An option registered in Hydra's ConfigStore when tlbench.conf is imported (backbones)."""
+    from hydra.core.config_store import ConfigStore
+
+    import tlbench.conf  # noqa: F401
+
+    return ConfigStore.instance().load(f"{group}/{option}.yaml").node
 
 
 def group_config(group: str, option: str, schema: type, **overrides: Any):
