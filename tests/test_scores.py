@@ -17,7 +17,8 @@ from scipy.stats import kendalltau
 from sklearn.covariance import ledoit_wolf_shrinkage
 
 from tlbench.errors import TlbenchError
-from tlbench.scores import SCORES, hscore, leep, logme, nce, transferability
+from tlbench.registry import SCORES
+from tlbench.scores import hscore, leep, logme, nce, transferability
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "score_reference.json").read_text())
 
