@@ -41,9 +41,13 @@ def section(name: str, order: int, needs_results: bool = True) -> Callable[[Rend
 
 def rendered_sections(analysis: Analysis, source: Source, plots: dict[str, str]) -> list[str]:
     """Every registered section's markdown, by order; those with nothing to show left out."""
-    ordered = sorted((entry for _, entry in registry.REPORT_SECTIONS.items()),
-                     key=lambda entry: entry.order)
+    ordered = sorted(
+        (entry for _, entry in registry.REPORT_SECTIONS.items()), key=lambda entry: entry.order
+    )
     results = not analysis.summary.empty
-    texts = [entry.render(analysis, source, plots) for entry in ordered
-             if results or not entry.needs_results]
+    texts = [
+        entry.render(analysis, source, plots)
+        for entry in ordered
+        if results or not entry.needs_results
+    ]
     return [text for text in texts if text]
