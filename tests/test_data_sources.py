@@ -434,10 +434,12 @@ def test_every_data_config_composes_and_documents_its_keys(name):
     if name in REQUIRED:
         with pytest.raises(TlbenchError, match="data.(path|dataset)=None is invalid"):
             parse_config(compose_config([f"data={name}"]))
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    reference = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+    documented = reference.read_text(encoding="utf-8")
     for field in dataclasses.fields(registry.SOURCES[name].Config):
         if field.name != "name":
-            assert f"`data.{field.name}`" in readme or f"`.{field.name}`" in readme, field.name
+            assert f"`data.{field.name}`" in documented or f"`.{field.name}`" in documented, \
+                field.name
 
 
 @pytest.mark.parametrize(("option", "kwargs", "key"), [
