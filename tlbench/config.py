@@ -80,7 +80,6 @@ class HeadConfig:
     frozen_features_only: ClassVar[bool] = False
 
 
-@registry.HEADS.entry("dense")
 @dataclass(kw_only=True)
 class DenseHeadConfig(HeadConfig):
     """Keras layers: optional Dense(units, relu), dropout, softmax; trained with the trainer."""
@@ -95,7 +94,6 @@ class DenseHeadConfig(HeadConfig):
         check(0 <= self.dropout < 1, "strategy.head.dropout", self.dropout, "a float in [0, 1)")
 
 
-@registry.HEADS.entry("logreg")
 @dataclass(kw_only=True)
 class LogregHeadConfig(HeadConfig):
     """scikit-learn linear probe: standardised features, logistic regression, C chosen on val."""
@@ -331,7 +329,7 @@ def parse_config(cfg: DictConfig | dict) -> RunConfig:
     strategy_class = registry.STRATEGIES[raw["strategy"].get("name")]
     head = raw["strategy"].pop("head", None) or {}
     strategy = typed(strategy_class.Config, raw["strategy"], "strategy")
-    strategy.head = typed(registry.HEADS[head.get("name")], head, "strategy.head")
+    strategy.head = typed(registry.HEADS[head.get("name")].Config, head, "strategy.head")
     return RunConfig(
         backbone=typed(backbone_schema(raw["backbone"].get("name")), raw["backbone"],
                        "backbone"),

@@ -73,7 +73,7 @@ FILE_BACKBONES: Registry = Registry("backbone read from a file", "backbone",
 """backbone=keras_file and kerashub: their BackboneConfig subclasses, whose entry() reads the
 network from the file their settings name."""
 STRATEGIES: Registry = Registry("strategy", "strategy", ("tlbench.strategy",))
-HEADS: Registry = Registry("head", "head", ("tlbench.config",))
+HEADS: Registry = Registry("head", "head", ("tlbench.strategy",))
 SOURCES: Registry = Registry("data source", "data", ("tlbench.data",))
 SCORES: Registry = Registry("score", "score", ("tlbench.scores",))
 REPORT_SECTIONS: Registry = Registry("report section", "report section",

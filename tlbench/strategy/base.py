@@ -25,6 +25,7 @@ from tlbench.base_facts import BaseFacts, base_facts
 from tlbench.config import DenseHeadConfig, RunConfig, StrategyConfig, TrainerConfig
 from tlbench.errors import check
 from tlbench.plan import Phase, Plan
+from tlbench.strategy.heads import STANDARDIZE
 
 if TYPE_CHECKING:
     from tlbench.data import Dataset
@@ -189,23 +190,9 @@ def cached_route(run: RunConfig, inputs: str) -> Route:
     return Route(inputs, "frozen outputs cached and reused")
 
 
-STANDARDIZE = "head_standardize"
-
-
 def head_layers(n_classes: int, head: DenseHeadConfig):
-    """The new classifier on pooled features: standardisation (if asked; adapted to the training
-    split by `Strategy.train`), optional Dense(units, relu), dropout, softmax."""
-    import keras
-
-    from tlbench.strategy.layers import Standardize
-
-    layers = [Standardize(name=STANDARDIZE)] if head.standardize else []
-    layers += [keras.layers.Dense(head.units, activation="relu", name="head_dense")] \
-        if head.units else []
-    layers += [keras.layers.Dropout(head.dropout, name="head_dropout"),
-               keras.layers.Dense(n_classes, activation="softmax", name="head_softmax",
-                                  dtype="float32")]  # float32 probabilities under mixed precision
-    return keras.Sequential(layers, name="head")
+    """The new classifier on pooled features, as the head's registered entry makes it."""
+    return registry.HEADS[head.name].layers(n_classes, head)
 
 
 def augmentation():
