@@ -130,7 +130,7 @@ def private_uses(path: Path) -> list[str]:
 
 
 def test_only_the_compat_module_uses_private_apis():
-    roots = (PACKAGE, PACKAGE.parent / "hydra_plugins", PACKAGE.parent / "conf")
+    roots = [PACKAGE.parent / name for name in ("tlbench", "hydra_plugins", "conf", "benchmarks")]
     uses = {str(p.relative_to(PACKAGE.parent)): private_uses(p)
             for root in roots for p in root.rglob("*.py") if p != COMPAT}
     assert {name: found for name, found in uses.items() if found} == {}

@@ -9,7 +9,6 @@ Dependencies are imported inside the functions: importing this module costs noth
 from __future__ import annotations
 
 import contextlib
-import functools
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -99,20 +98,26 @@ def tensorflow_gradient_registry() -> dict | None:
         return None
 
 
-@functools.cache
 def hydra_basic_sweeper() -> type:
     """Hydra's basic sweeper class, which tlbench's sweeper extends (private in Hydra 1.3; no
-    public fallback: tests/test_compat.py names the version)."""
+    public fallback: tests/test_compat.py names the version). Looked up on each call: Hydra's
+    plugin scan re-imports its module, and the sweeper must extend the class of the scan's."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
     return BasicSweeper
 
 
-def hydra_apply_overrides(overrides: list, config) -> None:
-    """Set override values on a composed config as Hydra's composition sets them last."""
+def hydra_config_loader() -> type:
+    """Hydra's config loader class (private in Hydra 1.3; benchmarks/overhead.py times its
+    compositions)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-    ConfigLoaderImpl._apply_overrides_to_config(overrides, config)
+    return ConfigLoaderImpl
+
+
+def hydra_apply_overrides(overrides: list, config) -> None:
+    """Set override values on a composed config as Hydra's composition sets them last."""
+    hydra_config_loader()._apply_overrides_to_config(overrides, config)
 
 
 def hydra_overrides_dirname(**kwargs: Any) -> str:
