@@ -17,10 +17,13 @@ def test_every_head_is_made_one_way_as_its_config_says(name):
     assert head.Config.frozen_features_only == (head.fit is not None)
 
 
-@pytest.mark.parametrize(("units", "standardize", "names"), [
-    (4, True, ["head_standardize", "head_dense", "head_dropout", "head_softmax"]),
-    (0, False, ["head_dropout", "head_softmax"]),
-])
+@pytest.mark.parametrize(
+    ("units", "standardize", "names"),
+    [
+        (4, True, ["head_standardize", "head_dense", "head_dropout", "head_softmax"]),
+        (0, False, ["head_dropout", "head_softmax"]),
+    ],
+)
 def test_the_dense_head_is_built_from_its_entry(units, standardize, names):
     config = DenseHeadConfig(units=units, dropout=0.1, standardize=standardize)
     model = head_layers(3, config)
