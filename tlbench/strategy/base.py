@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -202,10 +203,20 @@ def head_layers(n_classes: int, head: DenseHeadConfig):
     layers = [Standardize(name=STANDARDIZE)] if head.standardize else []
     layers += [keras.layers.Dense(head.units, activation="relu", name="head_dense")] \
         if head.units else []
-    layers += [keras.layers.Dropout(head.dropout, name="head_dropout"),
+    layers += [dropout(head.dropout, name="head_dropout"),
                keras.layers.Dense(n_classes, activation="softmax", name="head_softmax",
                                   dtype="float32")]  # float32 probabilities under mixed precision
     return keras.Sequential(layers, name="head")
+
+
+def dropout(rate: float, name: str):
+    """Dropout whose masks follow the run's seed on every backend. Its seed is the draw Keras
+    makes for an unseeded layer (from Python's `random`, which `runtime.set_random_seed` set
+    from the run's seed), so TensorFlow and JAX train as before; made explicit because Keras on
+    PyTorch draws an unseeded Dropout's masks from torch's global generator instead."""
+    import keras
+
+    return keras.layers.Dropout(rate, seed=random.randint(1, int(1e9)), name=name)
 
 
 def augmentation():
@@ -248,5 +259,5 @@ def unfreeze_all(base) -> Callable[[], None]:
     return action
 
 
-__all__ = ["Phase", "Plan", "Route", "Strategy", "augmentation", "cached_route", "freeze",
-           "head_layers", "unfreeze_all", "with_head"]
+__all__ = ["Phase", "Plan", "Route", "Strategy", "augmentation", "cached_route", "dropout",
+           "freeze", "head_layers", "unfreeze_all", "with_head"]
