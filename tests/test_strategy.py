@@ -12,7 +12,7 @@ import pytest
 
 from tlbench.train import count_params, fit
 
-from .conftest import assert_trained_alike, build_run, strategy_model
+from .conftest import assert_trained_alike, backend_or_skip, build_run, strategy_model
 
 
 def trainable_after_setup(plan) -> int:
@@ -177,7 +177,7 @@ print(bool(np.array_equal(trained_outputs(0), trained_outputs(1000))))
 def test_head_dropout_follows_the_run_seed_on_pytorch():
     """Keras on PyTorch draws an unseeded Dropout's masks from torch's global generator: the
     head's dropout is seeded, so its masks depend on the run's seed alone."""
-    pytest.importorskip("torch")
+    backend_or_skip("torch")
     env = os.environ | {"KERAS_BACKEND": "torch"}
     out = subprocess.run([sys.executable, "-c", HEAD_MASKS], env=env, text=True,
                          capture_output=True, timeout=300)
