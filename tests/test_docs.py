@@ -1,0 +1,151 @@
+"""The documentation agrees with the code: the generated reference pages are current, every
+config key has a meaning, the README is one screen that starts with the two set-up commands
+(the second the one .ci/run runs), and every link between the pages resolves."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tlbench import docs
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
+SET_UP = [
+    "python -m pip install -e . && python -m tlbench",
+    "python -m pip install -e '.[test]' && python -m pytest -q",
+]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+@pytest.fixture(scope="module")
+def keys():
+    """Every key tlbench reads, as Hydra composes each option of each group (once a module)."""
+    return docs.config_keys()
+
+
+def test_every_config_key_has_a_meaning_and_every_meaning_a_key(keys):
+    meanings = docs.load_meanings()
+    assert docs.undocumented(keys, meanings) == []
+    assert docs.unknown(keys, meanings) == []
+
+
+def test_a_key_without_a_meaning_is_refused(keys):
+    meanings = docs.load_meanings()
+    added = keys | {"trainer.warmup": docs.Key("int", {"": 0})}
+    assert docs.undocumented(added, meanings) == ["trainer.warmup"]
+    with pytest.raises(SystemExit, match="document trainer.warmup; remove nothing"):
+        docs.config_table(added, meanings)
+    fewer = {key: facts for key, facts in keys.items() if key != "cache.dtype"}
+    assert docs.unknown(fewer, meanings) == ["cache.dtype"]
+
+
+def test_the_keys_are_those_the_typed_configs_declare(keys):
+    """Spot checks against the dataclasses and the YAML: a strategy's own setting, a source's,
+    a default conf/config.yaml overrides, and an option-dependent default."""
+    assert keys["strategy.lr_decay"].defaults == {"gradual_unfreeze": 0.5}
+    assert keys["data.noise"].type == "float"
+    assert set(keys["backbone.weights"].defaults.values()) == {"source:digits04"}
+    assert keys["backbone.input_size"].defaults["xception"] == 71
+    assert keys["data"].defaults == {"": "digits59"}
+
+
+@pytest.mark.parametrize("name", ["config", "backbones"])
+def test_the_generated_pages_agree_with_the_code(name, keys):
+    text = docs.PAGES[name].read_text(encoding="utf-8")
+    assert docs.replaced(text, name, docs.generated(name)) == text, "run python -m tlbench.docs"
+
+
+def test_the_backbone_table_lists_every_registered_backbone():
+    table = docs.backbone_table()
+    for name, spec in docs.registry.BACKBONES.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"| {spec.default_input_size} | {spec.min_input_size} |" in row
+    assert "- `keras_file`:" in table and "- `kerashub`:" in table
+
+
+def test_check_reports_a_stale_page_and_writing_fixes_it(tmp_path, monkeypatch, keys):
+    for page in docs.PAGES.values():
+        shutil.copy(page, tmp_path / page.name)
+    pages = {name: tmp_path / page.name for name, page in docs.PAGES.items()}
+    monkeypatch.setattr(docs, "PAGES", pages)
+    stale = (
+        pages["config"]
+        .read_text()
+        .replace("| `trainer.epochs` | int | `10` |", "| `trainer.epochs` | int | `12` |")
+    )
+    pages["config"].write_text(stale)
+    assert docs.main(["--check"]) == 1
+    assert pages["config"].read_text() == stale
+    assert docs.main([]) == 0
+    assert docs.main(["--check"]) == 0
+    assert "| `trainer.epochs` | int | `10` |" in pages["config"].read_text()
+
+
+def test_readme_is_one_screen_and_starts_with_the_two_commands():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200
+    assert lines[:4] == ["```bash", *SET_UP, "```"]
+
+
+def test_readme_test_command_is_the_one_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert [line for line in ci if "pytest" in line and not line.startswith("#")] == [SET_UP[1]]
+
+
+def test_every_docs_page_is_in_the_site_navigation():
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+    listed = set(re.findall(r"[\w/-]+\.md", str(config["nav"])))
+    assert {str(page.relative_to(ROOT / "docs")) for page in PAGES} == listed
+
+
+def slug(heading: str) -> str:
+    """The anchor Python-Markdown's toc gives a heading (its default slugify)."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    text = re.sub(r"[`*_]", "", text)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors of a page's headings."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    return {slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+
+
+def internal_links(page: Path) -> list[str]:
+    """The page's links to files of this repository (not URLs), outside code."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize(
+    "page", [README, ROOT / "CHANGELOG.md", *PAGES], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_every_internal_link_resolves(page):
+    broken = []
+    for target in internal_links(page):
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists() or (anchor and anchor not in anchors(file)):
+            broken.append(target)
+    assert broken == []
+
+
+def test_the_link_checker_finds_a_broken_link(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# A title\n\n[ok](#a-title) [gone](#nope) [file](missing.md) "
+        "`[code](x.md)` [web](https://example.org)\n"
+    )
+    assert internal_links(page) == ["#a-title", "#nope", "missing.md"]
+    assert anchors(page) == {"a-title"}
