@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -149,3 +151,79 @@ def test_the_link_checker_finds_a_broken_link(tmp_path):
     )
     assert internal_links(page) == ["#a-title", "#nope", "missing.md"]
     assert anchors(page) == {"a-title"}
+
+
+EXAMPLES = """
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tlbench import registry
+from tlbench.config import DataConfig, DenseHeadConfig, TrainerConfig, group_config, typed
+
+pages = Path(sys.argv[1])
+
+
+def blocks(page, language):
+    return re.findall(rf"```{language}\\n(.*?)```", (pages / page).read_text(), re.S)
+
+
+exec(blocks("backbone.md", "python")[0], {})
+entry = registry.BACKBONES["tinycnn"]
+base = entry.build((64, 64, 3))
+assert sorted(set(entry.stages_in(base).values())) == [1, 2, 3, 4, 5]
+assert yaml.safe_load(blocks("backbone.md", "yaml")[0])["name"] == "tinycnn"
+
+exec(blocks("strategy.md", "python")[0], {})
+strategy_class = registry.STRATEGIES["two_head_phases"]
+settings = typed(strategy_class.Config, yaml.safe_load(blocks("strategy.md", "yaml")[0]), "s")
+settings.head = group_config("head", "dense", DenseHeadConfig)
+trainer = group_config("trainer", "default", TrainerConfig)
+plan = strategy_class(settings).plan(base, entry, 3, trainer)
+assert [(p.name, p.lr) for p in plan.phases] == [("head", 0.001), ("head_again", 0.0005)]
+
+exec(blocks("data-source.md", "python")[0], {})
+source = registry.SOURCES["stripes"]
+cfg = typed(source.Config, yaml.safe_load(blocks("data-source.md", "yaml")[0]), "data")
+assert isinstance(cfg, DataConfig)
+images = source.load(cfg)
+assert len(images.images) == 200 and images.class_names[0] == "stripes0"
+
+import tlbench.scores
+
+scores = vars(tlbench.scores).copy()
+exec(blocks("score.md", "python")[0], scores)
+features = np.repeat(np.eye(4), 10, axis=0) + np.random.default_rng(0).normal(0, 0.1, (40, 4))
+labels = np.repeat(np.arange(4), 10)
+assert scores["ncm"](features, labels) == 1.0
+assert scores["ncm"](features, np.random.default_rng(1).permutation(labels)) < 0.6
+
+import tlbench.report.render
+
+render = vars(tlbench.report.render).copy()
+exec(blocks("report-section.md", "python")[0], render)
+runs = pd.DataFrame({"params.backbone.name": ["vgg16", "resnet50", "vgg16"]})
+section = render["runs_per_backbone"](SimpleNamespace(runs=runs), None)
+assert section.splitlines()[-2:] == ["| resnet50 | 1 |", "| vgg16 | 2 |"], section
+print("examples ok")
+"""
+
+
+def test_the_extending_examples_run(tmp_path):
+    """Each worked example's code, as the page shows it: the backbone's stages are derived, the
+    strategy plans its two phases, the source loads, the score scores and the section renders."""
+    script = tmp_path / "examples.py"
+    script.write_text(EXAMPLES)
+    result = subprocess.run(
+        [sys.executable, str(script), str(ROOT / "docs" / "extending")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "examples ok" in result.stdout
