@@ -91,6 +91,14 @@ def test_check_reports_a_stale_page_and_writing_fixes_it(tmp_path, monkeypatch, 
     assert "| `trainer.epochs` | int | `10` |" in pages["config"].read_text()
 
 
+def test_without_the_pages_it_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(docs, "PAGES", {"config": tmp_path / "config.md"})
+    assert docs.main(["--check"]) == 2
+    assert (
+        capsys.readouterr().err.strip().endswith("run it in a source checkout (pip install -e .)")
+    )
+
+
 def test_readme_is_one_screen_and_starts_with_the_two_commands():
     lines = README.read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 200

@@ -279,6 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         help="change nothing; exit 1 when a page differs from the code",
     )
     args = parser.parse_args(argv)
+    missing = [str(page) for page in PAGES.values() if not page.is_file()]
+    if missing:
+        print(
+            f"tlbench.docs: {', '.join(missing)} not found; run it in a source checkout "
+            "(pip install -e .)",
+            file=sys.stderr,
+        )
+        return 2
     stale = []
     for name, page in PAGES.items():
         text = page.read_text(encoding="utf-8")
