@@ -9,8 +9,10 @@
 2. Decode rate (unless --no-rate): in one process, on the smallest folder, a whole pass of
    keras.utils.image_dataset_from_directory (batches of 32 at --size, as a user iterates it)
    against tlbench's fill of the decoded-image cache from the same files (decoded, resized,
-   rounded and written to disk), alternately, three times each; medians and their ratio. Both
-   use every core of this machine; the files are in the page cache for both.
+   rounded and written to disk, synced before the rows count as done), alternately, three times
+   each; medians and their ratio. Both use every core of this machine; the files are in the page
+   cache for both. Where /dev/shm exists, the same fill into it (memory, no disk) as well: what
+   the fill costs without this machine's disk.
 3. Runs: for each N, one whole process `python -m tlbench` per strategy (feature_extraction,
    partial_finetune with the cut cached, full_retrain), 1 epoch per phase, random weights,
    data.train_size=all at --size, each with its own sqlite store; the N's runs share one empty
@@ -97,21 +99,25 @@ def rate_child(folder: str, size: int) -> None:
                                       check="header", input_size=size, train_size="all",
                                       val_fraction=0.1, test_fraction=0.2, split_seed=0))
     n = len(source.labels)
-    keras_rates, tlbench_rates = [], []
+    places = {"tlbench": Path(folder).parent} | (
+        {"memory": Path("/dev/shm")} if Path("/dev/shm").is_dir() else {})
+    rates: dict[str, list[float]] = {"keras": []} | {place: [] for place in places}
     for repeat in range(3):
         start = time.perf_counter()
         dataset = keras.utils.image_dataset_from_directory(
             folder, image_size=(size, size), batch_size=32, shuffle=False, verbose=False)
         seen = sum(len(y) for _, y in dataset)
-        keras_rates.append(seen / (time.perf_counter() - start))
-        with tempfile.TemporaryDirectory(dir=Path(folder).parent) as cache:
-            start = time.perf_counter()
-            decoded_images(source, "bench", size, np.arange(n), Path(cache), fill_limit=n)
-            tlbench_rates.append(n / (time.perf_counter() - start))
-        print(f"  repeat {repeat}: image_dataset_from_directory {keras_rates[-1]:.0f}/s, "
-              f"tlbench fill {tlbench_rates[-1]:.0f}/s", file=sys.stderr, flush=True)
-    print(json.dumps({"images": n, "keras": statistics.median(keras_rates),
-                      "tlbench": statistics.median(tlbench_rates)}))
+        rates["keras"].append(seen / (time.perf_counter() - start))
+        for place, parent in places.items():
+            with tempfile.TemporaryDirectory(dir=parent) as cache:
+                start = time.perf_counter()
+                decoded_images(source, "bench", size, np.arange(n), Path(cache), fill_limit=n)
+                rates[place].append(n / (time.perf_counter() - start))
+        print(f"  repeat {repeat}: " + ", ".join(f"{name} {values[-1]:.0f}/s"
+                                                 for name, values in rates.items()),
+              file=sys.stderr, flush=True)
+    print(json.dumps({"images": n} | {name: statistics.median(values)
+                                      for name, values in rates.items()}))
 
 
 def decode_rate(folder: Path, size: int) -> dict:
@@ -180,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
               f"image_dataset_from_directory {rates['keras']:.0f} images/s, tlbench's cache "
               f"fill {rates['tlbench']:.0f} images/s: {rates['tlbench'] / rates['keras']:.2f}x",
               flush=True)
+        if "memory" in rates:
+            print(f"  the same fill into /dev/shm (no disk): {rates['memory']:.0f} images/s: "
+                  f"{rates['memory'] / rates['keras']:.2f}x", flush=True)
     codes = {"this": None} | ({"against": args.against} if args.against else {})
     results: dict[tuple, dict] = {}
     for n in sizes:
