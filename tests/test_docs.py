@@ -49,6 +49,11 @@ def test_a_key_without_a_meaning_is_refused(keys):
     assert docs.unknown(fewer, meanings) == ["cache.dtype"]
 
 
+def test_every_top_level_key_has_a_section():
+    assert docs.uncovered(docs.default_config()) == []
+    assert docs.uncovered({"seed": 0, "suite": {}, "hydra": {}}) == ["suite"]
+
+
 def test_the_keys_are_those_the_typed_configs_declare(keys):
     """Spot checks against the dataclasses and the YAML: a strategy's own setting, a source's,
     a default conf/config.yaml overrides, and an option-dependent default."""

@@ -99,6 +99,8 @@ def prefix(group: str) -> str:
 def config_keys() -> dict[str, Key]:
     """Every key tlbench reads, in code order: group choices, each option's fields, top level."""
     defaults = default_config()
+    if uncovered(defaults):
+        raise SystemExit(f"tlbench.docs: no reference section for {', '.join(uncovered(defaults))}")
     keys: dict[str, Key] = {}
     for group in SWITCHED:
         options = composed_options(group)
@@ -110,6 +112,12 @@ def config_keys() -> dict[str, Key]:
     for name, type_name in TOP_LEVEL.items():
         keys[name] = Key(type_name, {"": defaults[name]})
     return keys
+
+
+def uncovered(defaults: dict) -> list[str]:
+    """Top-level keys of the composed config that no reference section lists."""
+    covered = {*SWITCHED, *FIXED, *TOP_LEVEL, "hydra"} - {"head"}
+    return sorted(set(defaults) - covered)
 
 
 def add_fields(keys: dict[str, Key], group: str, cls: type, section: dict, option: str) -> None:
