@@ -8,7 +8,8 @@ cores) into a temporary sqlite store and reports on it (attaching the report to 
 run). It then starts `mlflow server` on 127.0.0.1, and writes into --out: experiment-default.png
 (the experiment's plain link: MLflow 3.17 opens its GenAI overview), experiment.png (the same with
 ?workflowType=machine_learning: the runs table with its Dataset column, the jobs grouped under the
-sweep's parent run), run.png (a job's page, its description shown), parent.png (the sweep's run)
+sweep's parent run), sweep.png (the link a sweep ends with: filtered to it, best test_accuracy
+first), run.png (a job's page, its description shown), parent.png (the sweep's run)
 and urls.txt. Needs chromium (or chromium-headless-shell) on PATH: `apt-get install -y chromium`.
 """
 
@@ -27,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+
+from tlbench.server import SERVER_ENV, runs_table_url
 
 # MLflow 3.17's UI opens every experiment in its GenAI view (the mlflow.experimentKind tag no
 # longer decides) unless the URL asks for model training or the user once switched to it.
@@ -67,7 +70,8 @@ def mlflow_server(store: str, workdir: Path):
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host",
          "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=SERVER_ENV | os.environ)  # without MLflow's job runner, it stops in seconds
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -105,6 +109,7 @@ def pages(store: str, url: str, experiment: str) -> dict[str, str]:
     parent = job.data.tags.get("mlflow.parentRunId")
     base = f"{url}/#/experiments/{experiment_id}"
     return {"experiment-default": base, "experiment": f"{base}?{MODEL_TRAINING}",
+            "sweep": runs_table_url(url, experiment_id, job.data.tags["sweep_id"]),
             "run": f"{base}/runs/{job.info.run_id}?{MODEL_TRAINING}"} | (
         {"parent": f"{base}/runs/{parent}?{MODEL_TRAINING}"} if parent else {})
 

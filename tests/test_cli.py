@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -310,3 +311,55 @@ def test_report_ranks_the_real_multirun(multirun, tmp_path):
         assert name in text
     assert "- **Classes:** 5, 6" in text  # the kept digits' names, not their labels 0, 1
     assert len(list(tmp_path.glob("*.png"))) >= 3
+
+
+def closing_commands(stdout: str) -> tuple[str, dict[str, list[str]], list[str]]:
+    """The last three lines of a run's or sweep's output: `next:`, the MLflow UI command (its
+    link's path and query parsed) and the report command (split as a shell would)."""
+    import shlex
+    from urllib.parse import parse_qs, urlsplit
+
+    messages = [re.sub(r"^(\[[^]]*\])+ (- )?", "", line).strip() for line in stdout.splitlines()]
+    *_, head, ui, report = messages  # log lines: a job's, or (after a sweep) Hydra's format
+    assert head == "next:", stdout[-1500:]
+    link = urlsplit(ui.split()[-1])
+    assert link.netloc == "127.0.0.1:5000" and link.path == "/"
+    path, _, query = link.fragment.partition("?")
+    return path, parse_qs(query), shlex.split(report)
+
+
+def test_a_sweep_ends_with_its_runs_table_link_and_its_report_command(multirun, tmp_path):
+    result, uri = multirun
+    path, query, report = closing_commands(result.stdout)
+    assert f"  mlflow ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000/#/" \
+           in result.stdout.splitlines()[-2]
+    runs = runs_of(uri)
+    sweep_id = runs[0].data.tags["sweep_id"]
+    assert path == f"/experiments/{runs[0].info.experiment_id}/runs"
+    assert query == {"workflowType": ["machine_learning"],
+                     "orderByKey": ["metrics.`test_accuracy`"], "orderByAsc": ["false"],
+                     "searchFilter": [f"tags.sweep_id = '{sweep_id}'"]}
+    assert report == ["python", "-m", "tlbench", "report", "--experiment", "tlbench", "--sweep",
+                      sweep_id]  # the sweep's store is $MLFLOW_TRACKING_URI, as the report's
+    done = tlbench(*report[3:], "--out", str(tmp_path), cwd=tmp_path, uri=uri)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert (tmp_path / f"tlbench-{sweep_id}.md").is_file()
+
+
+def test_a_single_run_ends_with_its_runs_table_link_and_its_report_command(tmp_path):
+    """Also when it is skipped as already FINISHED; with the default store, the report needs no
+    --tracking-uri."""
+    args = ["backbone=pixels", "backbone.weights=null", "data.input_size=32", *TINY[:-1]]
+    for _ in ("trained", "skipped"):
+        result = tlbench(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        path, query, report = closing_commands(result.stdout)
+        (run,) = runs_of(f"sqlite:///{tmp_path}/mlflow.db")
+        assert path == f"/experiments/{run.info.experiment_id}/runs"
+        assert query["searchFilter"] == [f"tags.sweep_id = '{run.data.tags['sweep_id']}'"]
+        assert report == ["python", "-m", "tlbench", "report", "--experiment", "tlbench",
+                          "--sweep", run.data.tags["sweep_id"]]
+    assert "skipped" in result.stdout
+    done = tlbench(*report[3:], "--out", "reports", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert len(list((tmp_path / "reports").glob("*.md"))) == 1

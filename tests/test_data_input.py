@@ -64,3 +64,66 @@ def test_log_lines_name_the_decode_size_and_the_size_the_backbone_sees(tmp_path,
         build_run(tiny_config("backbone=pixels", "data=folder", f"data.path={tmp_path}",
                               "data.input_size=32", "data.train_size=3"))
     assert "images 32x32, as the backbone sees them" in caplog.text
+
+
+def two_class_arrays(rng, n: int = 40):
+    """n 12x12 grey images of two classes (dark, bright) as floats in [0, 255], labels 0/1."""
+    labels = np.arange(n) % 2
+    pixels = rng.uniform(0, 100, (n, 12, 12)) + 120 * labels[:, None, None]
+    return pixels, labels
+
+
+def with_nan(x):
+    x = x.copy()
+    x[3, 0, 0] = np.nan
+    return x
+
+
+@pytest.mark.parametrize(("change", "fragments"), [
+    (lambda x, y: (with_nan(x), y),
+     ["x_train has NaN or inf pixels in 1 images (the first is image 3)",
+      "tlbench expects pixels in 0..255 (uint8 range)"]),
+    (lambda x, y: (x - 128, y),
+     ["x_train pixels range from -1", "tlbench expects pixels in 0..255 (uint8 range)",
+      "undo mean subtraction"]),
+    (lambda x, y: (x / 255, y),
+     ["scaled to [0, 1]", "tlbench expects pixels in 0..255 (uint8 range)",
+      "(x * 255).round().astype('uint8')"]),
+    (lambda x, y: (x, y + 1),
+     ["integer labels run from 1 to 2, so class 0 has no image", "save y - 1"]),
+    (lambda x, y: (x, np.eye(3)[y] * 0.5),
+     ["y_train has shape (40, 3) but is not one-hot"]),
+], ids=["nan", "mean-subtracted", "unit-range", "labels-1-to-k", "soft-labels"])
+def test_npz_values_that_would_train_at_chance_are_one_line_and_a_failed_run(tmp_path, change,
+                                                                              fragments):
+    rng = np.random.default_rng(0)
+    x_train, y_train = change(*two_class_arrays(rng))
+    x_test, y_test = change(*two_class_arrays(rng, 10))
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench(*PIXELS, f"data.path={path}", cwd=tmp_path, uri=uri)
+    assert_one_line_error(result, *fragments)
+    assert result.stderr.strip().splitlines()[-1].startswith(f"tlbench: error: data.path={path}")
+    (run,) = runs_of(uri)
+    assert run.info.status == "FAILED" and fragments[0] in run.data.tags["error"]
+
+
+def test_npz_with_one_hot_labels_and_no_test_arrays_runs_on_a_carved_test_split(tmp_path):
+    """One-hot labels are read as their argmax, and said; without x_test/y_test a stratified
+    test split is carved from train as for a folder without test/ (data.test_fraction)."""
+    pixels, labels = two_class_arrays(np.random.default_rng(0), 100)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=pixels.astype(np.uint8), y_train=np.eye(2, dtype=np.uint8)[labels])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench(*PIXELS, f"data.path={path}", cwd=tmp_path, uri=uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stdout + result.stderr
+    assert "y_train is one-hot (100, 2); read as class indices 0..1 (argmax)" in log
+    assert "no x_test/y_test; a stratified test split (data.test_fraction=0.2) is carved " \
+           "from x_train" in log
+    (run,) = runs_of(uri)
+    metrics = run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert metrics["n_test"] == 20 and metrics["n_val"] == 10 and metrics["n_classes"] == 2
+    assert metrics["n_train"] == 70 and metrics["test_accuracy"] > 0.9

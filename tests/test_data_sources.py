@@ -365,8 +365,9 @@ def test_npz_keeps_its_test_split_and_class_names(tmp_path):
 
 
 @pytest.mark.parametrize(("arrays", "message"), [
-    ({"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(4, int)},
-     "missing arrays x_test, y_test .it has x_train, y_train."),
+    ({"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(4, int), "x_test": np.zeros((2, 8, 8))},
+     "missing arrays y_test .it has x_train, y_train, x_test.; it needs x_train, y_train and "
+     r"optionally x_test, y_test \(both or neither\)"),
     ({"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(5, int), "x_test": np.zeros((2, 8, 8)),
       "y_test": np.zeros(2, int)}, "x_train has 4 images but y_train has 5 labels"),
     ({"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(4, int), "x_test": np.zeros((2, 9, 9)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ from tlbench.pretrain import (
 )
 
 from .conftest import compose_config
+from .test_cli import tlbench
 
 BACKBONE = group_config("backbone", "mobilenetv2", BackboneConfig, weights="source:digits04",
                         input_size=32)
@@ -153,7 +155,31 @@ def test_concurrent_workers_train_once(tmp_path):
                if line.startswith("cache_hit")]
     assert sorted(hit for _, hit, _ in results) == ["False", "True"]
     assert len({sha for _, _, sha in results}) == 1
-    assert sum(err.count("pretraining mobilenet ") for _, err in outputs) == 1
+    assert sum(err.count("pretraining mobilenet on source ") for _, err in outputs) == 1
+
+
+def test_first_run_prints_each_pretraining_epoch_with_the_time_left(tmp_path):
+    """The first run of a source checkpoint trains it (75-90 s with the defaults): a line per
+    epoch, with the time left once the first (which traces the model) is done, as the sweep's job
+    lines; a second run reads it from the cache."""
+    args = ["backbone.weights=source:digits04", "pretrain.epochs=3", "pretrain.min_val_accuracy=0",
+            "data.input_size=32", "data.train_size=5", "trainer.epochs=1",
+            "trainer.patience=null"]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = tlbench(*args, cwd=tmp_path, uri=uri, TLBENCH_CACHE=str(tmp_path / "cache"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    lines = (first.stdout + first.stderr).splitlines()
+    start = next(i for i, line in enumerate(lines) if "pretraining mobilenetv2 on source " in line)
+    assert "3 epochs (once; cached in" in lines[start]
+    epochs = [line for line in lines if "pretraining mobilenetv2 on digits04: epoch " in line]
+    assert len(epochs) == 3 and lines.index(epochs[0]) > start
+    scores = r"loss \d+\.\d{4} val_accuracy \d\.\d{4}"
+    assert re.search(rf"epoch 1/3 {scores} \(\d+\.\ds, tracing included\)$", epochs[0])
+    assert re.search(rf"epoch 2/3 {scores} \((\d+\.\d)s\); ETA (\d+)s$", epochs[1]), epochs[1]
+    assert re.search(rf"epoch 3/3 {scores} \(\d+\.\ds\)$", epochs[2]), epochs[2]
+    again = tlbench(*args, "seed=1", cwd=tmp_path, uri=uri, TLBENCH_CACHE=str(tmp_path / "cache"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert ": epoch " not in again.stdout + again.stderr
 
 
 @pytest.mark.slow

@@ -395,6 +395,36 @@ def test_cli_plots_are_valid_pngs_linked_from_the_report(report: tuple[Path, str
             assert picture.size[0] > 300 and picture.size[1] > 200
 
 
+def test_cli_learning_curves_keep_accuracy_bars_and_axis_within_0_and_1(
+        store: tuple[str, MlflowClient, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A's two seeds (.95, .97) give 0.96 ± 0.127 in the table; the plot's bar stops at 1.0.
+    The figures the CLI saves are recorded on their way to disk and read back as drawn."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+
+    saved: dict[str, Figure] = {}
+    save = Figure.savefig
+
+    def recorded(figure: Figure, path, **kwargs) -> None:
+        saved[Path(path).name] = figure
+        save(figure, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recorded)
+    uri, _, _ = store
+    assert report_main(["--tracking-uri", uri, "--sweep", "sweep-a", "--out", str(tmp_path)]) == 0
+    assert "±0.127" in (tmp_path / "tlbench-sweep-a.md").read_text(encoding="utf-8")
+    figure = saved["tlbench-sweep-a-learning-curves.png"]
+    bars = [segment for ax in figure.axes for collection in ax.collections
+            if isinstance(collection, LineCollection) for segment in collection.get_segments()]
+    ends = sorted((segment[:, 1].min(), segment[:, 1].max()) for segment in bars)
+    assert len(bars) == 6 and max(top for _, top in ends) == 1.0  # one bar per configuration
+    (cut,) = [(bottom, top) for bottom, top in ends if top == 1.0]  # A's: 0.96 + 0.127 = 1.087
+    assert cut[0] == pytest.approx(0.96 - 0.127, abs=1e-3)
+    for ax in figure.axes:
+        assert 0.0 <= ax.get_ylim()[0] < ax.get_ylim()[1] <= 1.0
+
+
 def test_cli_lists_failed_runs_escaped(report: tuple[Path, str, str]) -> None:
     _, markdown, _ = report
     failed = [line for line in markdown.splitlines() if line.startswith("| vgg16")]

@@ -144,7 +144,19 @@ def task(cfg: DictConfig) -> float:
     sweep.record_job(sweep_info, name, outcome.status, seconds)
     log.info("%s%s %s: %s (%.1fs)%s", sweep.progress_prefix(sweep_info), outcome.status, name,
              outcome.summary, seconds, sweep.eta_text(sweep_info))
+    if HydraConfig.get().mode != RunMode.MULTIRUN and outcome.status != "planned":
+        log_next_commands(config, sweep_info.sweep_id)
     return outcome.val_accuracy
+
+
+def log_next_commands(config: RunConfig, sweep_id: str) -> None:
+    """A single run's closing lines: its runs in the MLflow UI and its report."""
+    from tlbench.next_steps import next_commands
+    from tlbench.store import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(config.tracking.uri)
+    for line in next_commands(uri, config.tracking.experiment, sweep_id):
+        log.info(line)
 
 
 sweep.register_sweeps()

@@ -137,8 +137,9 @@ def ensure_checkpoint(backbone: BackboneConfig, source: str, cfg: PretrainConfig
         manifest_path = folder / MANIFEST_FILE
         cache_hit = manifest_path.is_file()
         if not cache_hit:
-            log.info("pretraining %s on source %s at %dpx -> %s", backbone.name, source,
-                     backbone.input_size, folder)
+            log.info("pretraining %s on source %s at %dpx, %d epochs (once; cached in %s); "
+                     "the first epoch also traces the model", backbone.name, source,
+                     backbone.input_size, cfg.epochs, folder)
             _write_checkpoint(folder, backbone, source, cfg, trainer)
         manifest = json.loads(manifest_path.read_text())
     seconds = 0.0 if cache_hit else time.perf_counter() - start
@@ -203,7 +204,8 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     steps = cfg.epochs * -(-len(data.y_train) // cfg.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=steps)
     plan = Plan(model, [Phase("pretrain", cfg.epochs, schedule, unfreeze_all(base))])
-    _, history = train.fit(plan, {"images": data}, settings, cfg.seed)
+    what = f"pretraining {backbone.name} on {source}"
+    _, history = train.fit(plan, {"images": data}, settings, cfg.seed, progress=what)
     predict = train.keras_classes(model, cfg.batch_size)
 
     def accuracy(x, y) -> float:

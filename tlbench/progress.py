@@ -1,4 +1,5 @@
-"""Progress lines for long work (cache fills): count, rate and time left, every few seconds."""
+"""Progress lines for long work: cache fills (count, rate and time left, every few seconds) and
+epochs of a long fit (one line each, with the time left)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,17 @@ def reported(chunks: Iterable[tuple[np.ndarray, np.ndarray]], total: int, what: 
             log.info("%s: %d/%d %s (%.0f/s, %s left)", what, done, total, unit, rate,
                      duration((total - done) / rate))
             last = now
+
+
+def epoch_line(what: str, epochs: int, seconds: list[float], logs: dict) -> str:
+    """`pretraining ...: epoch 3/15 loss 0.3138 val_accuracy 0.2000 (4.0s); ETA 48s` for the
+    epoch that took seconds[-1]: the time left is the mean of the epochs after the first for each
+    epoch still to run. The first also traces the model (a minute on 2 cores against seconds),
+    so its line gives no ETA."""
+    epoch = len(seconds)
+    scores = " ".join(f"{key} {logs[key]:.4f}" for key in ("loss", "val_accuracy") if key in logs)
+    if epoch == 1:
+        return f"{what}: epoch 1/{epochs} {scores} ({seconds[0]:.1f}s, tracing included)"
+    steady = sum(seconds[1:]) / (epoch - 1)
+    eta = f"; ETA {duration(steady * (epochs - epoch))}" if epoch < epochs else ""
+    return f"{what}: epoch {epoch}/{epochs} {scores} ({seconds[-1]:.1f}s){eta}"

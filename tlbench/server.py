@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,26 @@ START_TIMEOUT_SECONDS = 60
 # server stops in about 2 s instead of 10-19 s and starts in 10-31 s instead of 24-33 s (2 cores
 # loaded by other jobs, 3-4 tries each). A user's own setting wins.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+RUNS_TABLE_QUERY = {
+    "workflowType": "machine_learning",  # MLflow 3.17 opens experiments on a GenAI page otherwise
+    "orderByKey": "metrics.`test_accuracy`",  # the runs table's sort, kept in the URL
+    "orderByAsc": "false",
+}
+"""MLflow 3.17's runs page (#/experiments/<id>/runs) keeps its search filter and sort in the URL;
+the experiment's root link redirects there keeping only the workflow, time range and workspace.
+Its selected columns and grouping live in the browser's localStorage per experiment, so no link
+can pick them."""
+
+
+def runs_table_url(address: str, experiment_id: str, sweep_id: str | None = None) -> str:
+    """The MLflow UI link that opens an experiment on its runs table, best test_accuracy first;
+    with `sweep_id`, filtered to that sweep's runs."""
+    query = RUNS_TABLE_QUERY | ({"searchFilter": f"tags.sweep_id = '{sweep_id}'"} if sweep_id
+                                else {})
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+    return f"{address}/#/experiments/{experiment_id}/runs?{encoded}"  # the root drops sort, filter
 
 
 def server_command(host: str, port: int, backend: str, artifacts: Path, workers: int) -> list[str]:
@@ -130,9 +151,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"MLflow tracking server ready at {uri} (backend {redact(backend)})",
                   flush=True)
             print(f"  sweeps: python -m tlbench -m ... tracking.uri={uri}", flush=True)
-            print(f"  UI:     open {uri} in a browser (an experiment opens on its runs table "
-                  "with ?workflowType=machine_learning after its #/experiments/<id> link); "
-                  "Ctrl-C stops the server", flush=True)
+            print(f"  UI:     open {runs_table_url(uri, '<id>')} in a browser (an "
+                  "experiment's runs table, best test_accuracy first); Ctrl-C stops the server",
+                  flush=True)
             while True:
                 time.sleep(3600)
     except TlbenchError as exc:

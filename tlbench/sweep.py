@@ -31,6 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tlbench.errors import TlbenchError
+from tlbench.next_steps import next_commands
 from tlbench.progress import duration
 
 log = logging.getLogger("tlbench")
@@ -271,6 +272,7 @@ class SweepCallback(Callback):
     folder: Path | None = None
     started: float = 0.0
     parent: tuple[str, str] | None = None  # (tracking URI, run id) while the parent is open
+    next_lines: list[str] = []  # the UI link and report command, printed after the summary
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         """A single run: its output folder, which Hydra creates next (a traceback there)."""
@@ -287,6 +289,9 @@ class SweepCallback(Callback):
         mark_launch(SweepCallback.folder)
         if not config.get("dry_run"):
             SweepCallback.parent = start_parent(config, SweepCallback.folder)
+            SweepCallback.next_lines = next_commands(
+                SweepCallback.parent[0], config.tracking.experiment,
+                multirun_sweep_id(_sweep_overrides(config.hydra), SweepCallback.folder))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         """Hydra calls this only when every job returned (it skips it after a failed job)."""
@@ -335,9 +340,14 @@ class SweepCallback(Callback):
 
     @classmethod
     def print_summary(cls) -> None:
-        """Log the closing lines of the multirun this process launched, if any."""
-        if cls.folder is not None:
-            for line in summary(cls.folder, cls.elapsed()):
+        """Log the closing lines of the multirun this process launched, if any, then (when a
+        job trained or was found FINISHED) the commands that show its runs and report."""
+        if cls.folder is None:
+            return
+        for line in summary(cls.folder, cls.elapsed()):
+            log.info(line)
+        if any(job["status"] in ("done", "skipped") for job in read_jobs(cls.folder)):
+            for line in cls.next_lines:
                 log.info(line)
 
 

@@ -10,6 +10,7 @@ scikit-learn fits over the C grid.
 from __future__ import annotations
 
 import gc
+import logging
 import statistics
 import time
 import warnings
@@ -29,7 +30,10 @@ from tlbench.batches import batches, chained_batches
 from tlbench.config import LogregHeadConfig, TrainerConfig
 from tlbench.data import Dataset
 from tlbench.plan import Phase, Plan
+from tlbench.progress import epoch_line
 from tlbench.rowcache import Rows
+
+log = logging.getLogger("tlbench")
 
 
 def configure_runtime(trainer: TrainerConfig, seed: int, threads: int | None) -> None:
@@ -43,18 +47,22 @@ def configure_runtime(trainer: TrainerConfig, seed: int, threads: int | None) ->
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Records the wall time of every epoch, validation pass included."""
+    """Records the wall time of every epoch, validation pass included; with `progress` (what
+    trains), also logs a line per epoch with the time left."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: str | None = None, epochs: int = 0) -> None:
         super().__init__()
         self.seconds: list[float] = []
         self._start = 0.0
+        self._progress, self._epochs = progress, epochs
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         self.seconds.append(time.perf_counter() - self._start)
+        if self._progress:
+            log.info(epoch_line(self._progress, self._epochs, self.seconds, logs or {}))
 
 
 @dataclass
@@ -99,9 +107,10 @@ def _callbacks(trainer: TrainerConfig, timer: EpochTimer) -> list[keras.callback
     return callbacks
 
 
-def fit(plan: Plan, inputs: dict[str, Dataset], trainer: TrainerConfig,
-        seed: int) -> tuple[dict[str, float], list[dict]]:
-    """Run every phase: set trainable flags, recompile, fit. Returns timing/params and history."""
+def fit(plan: Plan, inputs: dict[str, Dataset], trainer: TrainerConfig, seed: int,
+        progress: str | None = None) -> tuple[dict[str, float], list[dict]]:
+    """Run every phase: set trainable flags, recompile, fit. Returns timing/params and history;
+    with `progress` (what trains), a log line per epoch."""
     epoch_seconds: list[list[float]] = []
     history: list[dict[str, float]] = []
     params: dict[str, float] = {}
@@ -119,7 +128,7 @@ def fit(plan: Plan, inputs: dict[str, Dataset], trainer: TrainerConfig,
         prefetch = phase.inputs != "features"
         train = batches(data.x_train, data.y_train, trainer.batch_size, seed + index, prefetch)
         val = batches(data.x_val, data.y_val, trainer.batch_size, prefetch=prefetch)
-        timer = EpochTimer()
+        timer = EpochTimer(progress, phase.epochs)
         start = time.perf_counter()
         result = model.fit(train, validation_data=val, epochs=phase.epochs, shuffle=False,
                            callbacks=_callbacks(trainer, timer), verbose=trainer.verbose)

@@ -54,9 +54,23 @@ def _line_columns(shown: list[str]) -> list[str]:
     return [c for c in shown if not c.startswith("backbone.") and c != SIZE]
 
 
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take: [0, 1] for accuracies and F1 scores, else unbounded."""
+    bounded = metric.endswith(("accuracy", "f1"))
+    return (0.0, 1.0) if bounded else (-math.inf, math.inf)
+
+
+def clipped_errors(means: np.ndarray, ci: np.ndarray, metric: str) -> np.ndarray:
+    """Lower and upper error-bar lengths of mean ± ci, cut at the metric's range (with 2 seeds,
+    t = 12.7 sends an accuracy's interval past 1.0); the report's tables keep the full ci."""
+    low, high = metric_range(metric)
+    ci = np.nan_to_num(ci)
+    return np.vstack([means - np.maximum(means - ci, low), np.minimum(means + ci, high) - means])
+
+
 def learning_curves(analysis: Analysis, metric: str, path: Path) -> None:
     """Mean metric vs mean n_train (log x), a panel per backbone and a line per strategy, with
-    95% CI error bars (none for single-seed points)."""
+    95% CI error bars (none for single-seed points), bars and axis within the metric's range."""
     summary, shown = analysis.summary, analysis.shown
     lines = _line_columns(shown)
     labelled = summary.assign(line=summary.apply(config_label, axis=1, columns=lines))
@@ -66,8 +80,13 @@ def learning_curves(analysis: Analysis, metric: str, path: Path) -> None:
     for ax, (key, panel) in zip(axes, panels, strict=True):
         for line, points in panel.groupby("line"):
             points = points.sort_values("n_train")
-            ax.errorbar(points["n_train"], points["mean"], yerr=np.nan_to_num(points["ci"]),
+            means = points["mean"].to_numpy(float)
+            ax.errorbar(points["n_train"], means,
+                        yerr=clipped_errors(means, points["ci"].to_numpy(float), metric),
                         marker="o", capsize=3, color=colors[line], label=line)
+        bottom, top = ax.get_ylim()
+        low, high = metric_range(metric)
+        ax.set_ylim(max(bottom, low), min(top, high))
         ax.set(xscale="log", title=" · ".join(key), xlabel="training images (mean n_train)",
                ylabel=metric)
         ax.grid(alpha=0.3)
