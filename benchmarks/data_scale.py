@@ -92,12 +92,12 @@ def rate_child(folder: str, size: int) -> None:
     import keras
     import numpy as np
 
+    from tlbench.config import group_config
     from tlbench.data import decoded_images, load_source
     from tlbench.data.folder import FolderConfig
 
-    source = load_source(FolderConfig(name="folder", path=folder, on_bad_file="skip",
-                                      check="header", input_size=size, train_size="all",
-                                      val_fraction=0.1, test_fraction=0.2, split_seed=0))
+    source = load_source(group_config("data", "folder", FolderConfig, path=str(folder),
+                                      input_size=size, train_size="all"))
     n = len(source.labels)
     places = {"tlbench": Path(folder).parent} | (
         {"memory": Path("/dev/shm")} if Path("/dev/shm").is_dir() else {})

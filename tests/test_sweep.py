@@ -36,6 +36,10 @@ def test_sweep_id_is_stable_and_ignores_tracking():
     assert first != sweep_id_of(["+sweep=quick", "seed=0,1,2"])
 
 
+def test_a_suites_sweep_is_named_after_the_suite():
+    assert sweep_id_of(["+suite=offline", "backbone=pixels,vgg16"]).startswith("offline-")
+
+
 def test_eta_uses_trained_jobs_only():
     jobs = [{"status": "done", "seconds": 10}, {"status": "skipped", "seconds": 0.1},
             {"status": "done", "seconds": 20}]

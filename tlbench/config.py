@@ -29,6 +29,9 @@ SOURCE_PREFIX = "source:"
 OmegaConf.register_new_resolver(
     "head_suffix", lambda name: "" if name == "dense" else f"+{name}", replace=True)
 """Run names mark a non-default head: mobilenetv2-feature_extraction+logreg-n10-s0."""
+OmegaConf.register_new_resolver(
+    "task_prefix", lambda task: "" if task is None else f"{task}-", replace=True)
+"""Run names start with a suite's task: shapes4-mobilenetv2-feature_extraction-n10-s0."""
 
 
 @dataclass(kw_only=True)
@@ -119,13 +122,25 @@ class StrategyConfig:
     head: Any = None
 
 
+PROTOCOLS = ("tune", "final")
+"""data.protocol: tune (train on train, choose on val) or final (train on train+val)."""
+DATA_LABELS = ("task", "group")
+"""Data keys that name a dataset rather than decide its content."""
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     """Where images come from and how the fixed val/test splits and nested train subsets are cut.
 
-    Each data source declares its subclass beside its loader (tlbench/data/)."""
+    Each data source declares its subclass beside its loader (tlbench/data/). `task` names the
+    dataset in reports (a suite's task name; null: the source's name) and `group` is its suite
+    group (VTAB-1k's natural, specialized, structured). `protocol` final trains on train+val (the
+    run after tuning on val)."""
 
     name: str
+    task: str | None
+    group: str | None
+    protocol: str
     train_size: str
     val_fraction: float
     test_fraction: float
@@ -140,6 +155,7 @@ class DataConfig:
         check(self.val_fraction + self.test_fraction < 1, "data.test_fraction",
               self.test_fraction, "val_fraction + test_fraction < 1")
         check_seed("data.split_seed", self.split_seed)
+        check_choice("data.protocol", self.protocol, PROTOCOLS)
 
     def content_digest(self) -> str | None:
         """A digest of the files the source reads, where settings alone do not fix its content
@@ -356,7 +372,7 @@ def packaged_defaults(group: str, option: str) -> dict:
     return OmegaConf.to_container(OmegaConf.merge(merged, node))
 
 
-def group_config(group: str, option: str, schema: type, **overrides: Any):
+def group_config(group: str, option: str, schema: type, /, **overrides: Any):
     """A typed config from a packaged YAML option plus overrides, outside Hydra (pretraining
     sources, tools and tests)."""
     return typed(schema, packaged_defaults(group, option) | overrides, group)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tlbench import registry, runtime
 from tlbench.backbone import weights_kind
-from tlbench.config import RunConfig
+from tlbench.config import DATA_LABELS, RunConfig
 from tlbench.paths import sha256_of
 
 IDENTITY_VERSION = 3
@@ -46,6 +46,11 @@ def identity(config: RunConfig) -> dict:
     values["trainer"].pop("verbose")
     values["backbone"].pop("imports", None)  # keras_file: where its classes are, not the network
     values["backbone"]["weights"] = effective_weights(config)
+    for label in DATA_LABELS:  # a suite's task name and group; absent, as before suites
+        if values["data"][label] is None:
+            values["data"].pop(label)
+    if values["data"]["protocol"] == "tune":  # the default: absent, as before protocols
+        values["data"].pop("protocol")
     values["keras_backend"] = runtime.backend()
     return values
 

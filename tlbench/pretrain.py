@@ -25,6 +25,7 @@ from filelock import FileLock
 from tlbench import __version__, paths, registry
 from tlbench.backbone import BackboneSpec, build_base, on_pixels, sha256_of
 from tlbench.config import (
+    DATA_LABELS,
     SOURCE_PREFIX,
     BackboneConfig,
     DataConfig,
@@ -97,7 +98,8 @@ def checkpoint_key(backbone: BackboneConfig, source: str, cfg: PretrainConfig) -
         "input_size": backbone.input_size,
         "bn_momentum": backbone.bn_momentum,
         "source": source,
-        "source_data": dataclasses.asdict(source_data(source)),
+        "source_data": {key: value for key, value in dataclasses.asdict(source_data(source))
+                        .items() if key not in (*DATA_LABELS, "protocol")},
         "pretrain": settings,
         "recipe": RECIPE,
     }

@@ -24,7 +24,7 @@ from tlbench.scores import SCORES_VERSION  # noqa: E402
 
 log = logging.getLogger("tlbench")
 
-SWEEPABLE = ("backbone", "backbone.weights", "data.train_size", "seed")
+SWEEPABLE = ("backbone", "backbone.weights", "data", "data.train_size", "seed")
 SCORE_NAMES = ("logme", "hscore", "leep", "nce")
 KIND_TAG = "tlbench.kind"
 KIND = "score"
@@ -37,8 +37,9 @@ four. Prints the backbones ordered by each score and logs one MLflow run per can
 tlbench.kind=score), which `python -m tlbench report` sets beside the sweep's accuracies."""
 EPILOG = """\
 Overrides are the main run's (python -m tlbench --help, README's config reference). Comma lists
-are accepted for backbone, backbone.weights, data.train_size and seed; every combination is
-scored. Examples:
+are accepted for backbone, backbone.weights, data (a suite's tasks, e.g.
+data=offline/shapes4,offline/shapes10), data.train_size and seed; every combination is scored.
+Examples:
   python -m tlbench.rank backbone=resnet50,mobilenetv2,efficientnetb0 data.train_size=20
   python -m tlbench.rank backbone=vgg16,mobilenetv2 backbone.weights=null data.train_size=5,all
 A candidate that fails (e.g. a refused source checkpoint) is logged FAILED; the others are still

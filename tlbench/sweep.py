@@ -82,7 +82,8 @@ def grid_size(overrides: list[str]) -> int | None:
 def sweep_id_of(overrides: list[str]) -> str:
     """A readable id that is the same whenever the same grid is run again (so resume joins it)."""
     identity = sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_IDENTITY))
-    name = next((o.split("=", 1)[1] for o in identity if o.startswith("+sweep=")), "sweep")
+    name = next((o.split("=", 1)[1] for o in identity if o.startswith(("+sweep=", "+suite="))),
+                "sweep")
     digest = hashlib.sha1("\n".join(identity).encode()).hexdigest()[:8]
     return f"{name}-{digest}"
 

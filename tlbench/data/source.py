@@ -107,6 +107,8 @@ class LabelledImages:
     class_names: tuple[str, ...]
     given_test: np.ndarray | None = None
     """Positions of the source's own test split (test/ folder, x_test, TFDS test split), if any."""
+    given_val: np.ndarray | None = None
+    """Positions of the source's own validation split (TFDS data.val_split), if any."""
 
     def fingerprint(self) -> str:
         """A digest of the images, labels and class names: the feature cache's dataset key."""
@@ -127,6 +129,8 @@ class LabelledImages:
         digest.update("\n".join(self.class_names).encode())
         if self.given_test is not None:
             digest.update(b"given test split" + np.asarray(self.given_test, np.int64).tobytes())
+        if self.given_val is not None:
+            digest.update(b"given val split" + np.asarray(self.given_val, np.int64).tobytes())
         return digest.hexdigest()
 
 

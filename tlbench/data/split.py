@@ -131,7 +131,23 @@ def _total_subset(orders: dict[int, np.ndarray], total: int, available: int,
 
 def split_indices(source: LabelledImages, cfg: DataConfig, seed: int) -> Splits:
     """This run's train subset (nested by seed) and the fixed val/test splits (the source's own
-    test split when it has one), as positions in the source."""
+    val and test splits when it has them), as positions in the source. With data.protocol=final
+    the train pool also holds the val split (the final run trains on train+val; its
+    val_accuracy is then measured on images it trained on)."""
     labels, names = source.labels, source.class_names
-    pool, val, test = fixed_splits(labels, cfg, source.given_test, names)
+    if source.given_val is None:
+        pool, val, test = fixed_splits(labels, cfg, source.given_test, names)
+    else:
+        pool, val, test = given_splits(source)
+    if cfg.protocol == "final":
+        pool = np.union1d(pool, val)
     return Splits(pool[nested_subset(labels[pool], cfg.train_size, seed, names)], val, test)
+
+
+def given_splits(source: LabelledImages) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The train pool, val and test splits of a source that brings all three (TFDS train_split,
+    val_split and test_split), taken as they are: as in VTAB-1k, a class may be missing from
+    one of them."""
+    val, test = np.asarray(source.given_val), np.asarray(source.given_test)
+    pool = np.setdiff1d(np.arange(len(source.labels)), np.union1d(val, test))
+    return pool, np.sort(val), np.sort(test)

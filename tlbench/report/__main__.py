@@ -82,7 +82,9 @@ def write_report(args: argparse.Namespace) -> Path:
     """Fetch the sweep's runs, aggregate them and write the markdown report and plots."""
     # Imported here so that --help and argument errors answer without loading MLflow or plots.
     from tlbench.report import fetch, plots, render, stats
+    from tlbench.report.across import split_by_dataset
     from tlbench.report.analysis import Source, analyse
+    from tlbench.report.stats import trained_runs
     from tlbench.store import redact, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -110,14 +112,57 @@ def write_report(args: argparse.Namespace) -> Path:
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = report_stem(args.experiment, sweep_id)
-    figures = {} if analysis.summary.empty else plots.draw_all(analysis, args.metric, args.out,
-                                                                 stem)
     source = Source(args.experiment, sweep_id, uri, args.metric, args.filter, args.top)
+    datasets = split_by_dataset(trained_runs(runs))
+    if len(datasets) >= 2:
+        print(f"The runs span {len(datasets)} datasets: {', '.join(datasets)}")
+        text, figures = across_datasets_report(analysis, datasets, score_runs, source, args,
+                                               stem)
+    else:
+        figures = {} if analysis.summary.empty else plots.draw_all(analysis, args.metric,
+                                                                     args.out, stem)
+        text = render.render_markdown(analysis, source, figures)
     path = args.out / f"{stem}.md"
-    path.write_text(render.render_markdown(analysis, source, figures), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     attach_to_sweep_run(client, experiment, sweep_id, [path, *(args.out / f for f in
                                                              figures.values())])
     return path
+
+
+def across_datasets_report(whole, datasets: dict, score_runs, source, args: argparse.Namespace,
+                           stem: str) -> tuple[str, dict[str, str]]:
+    """A report over several datasets: each aggregated on its own, then compared across;
+    returns the markdown and every figure (key -> file name)."""
+    from tlbench.report import plots, render
+    from tlbench.report.across import (
+        across_section,
+        dataset_groups,
+        dataset_protocols,
+        naming_columns,
+        scores_across,
+    )
+    from tlbench.report.analysis import analyse
+
+    per_dataset, figures = {}, {}
+    for name, runs in datasets.items():
+        analysis = analyse(runs, args.metric, score_runs, args.tune)
+        drawn = {} if analysis.summary.empty else plots.draw_all(
+            analysis, args.metric, args.out, report_stem(stem, name))
+        per_dataset[name] = (analysis, drawn)
+        figures |= {f"{name}/{key}": file for key, file in drawn.items()}
+    ranked = {name: a for name, (a, _) in per_dataset.items() if not a.summary.empty}
+    across = across_section({name: a.summary for name, (a, _) in per_dataset.items()},
+                            naming_columns([a.shown for a in ranked.values()]),
+                            dataset_groups(whole.runs), args.metric, args.out, stem,
+                            dataset_protocols(datasets))
+    cd_diagram = f"{stem}-cd-diagram.png"
+    if (args.out / cd_diagram).is_file() and cd_diagram in across:
+        figures["cd-diagram"] = cd_diagram
+    scores = scores_across({name: a.scores.taus for name, a in ranked.items()
+                            if a.scores is not None},
+                           next((a.scores.group for a in ranked.values() if a.scores), []))
+    across = across if scores is None else f"{across}\n\n{scores}"
+    return render.render_datasets(whole, per_dataset, source, across), figures
 
 
 def attach_to_sweep_run(client, experiment: str, sweep_id: str, files: list[Path]) -> None:

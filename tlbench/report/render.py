@@ -60,19 +60,39 @@ def _is_multirun(words: list[str]) -> bool:
 
 def render_markdown(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
     """The whole report; `plots` maps a figure's key to its path relative to the report."""
-    sections = [header(analysis, source)]
-    if analysis.summary.empty:
-        sections.append(f"No finished run logged **{escape(source.metric)}**: nothing to rank.")
-    else:
-        if analysis.tuned:
-            sections.append(tuning(analysis))
-        sections += [ranking(analysis, source), per_size(analysis, source, plots),
-                     versus_scratch(analysis, source), pareto(analysis, source, plots)]
-        if analysis.scores is not None:
-            sections.append(scores_vs_accuracy(analysis, source, plots))
-        sections.append(reproduce(analysis))
-    sections.append(failures(analysis))
+    sections = [header(analysis, source), *body(analysis, source, plots), failures(analysis)]
     return "\n\n".join(sections) + "\n"
+
+
+def render_datasets(whole: Analysis, datasets: dict[str, tuple[Analysis, dict[str, str]]],
+                    source: Source, across: str) -> str:
+    """The report of a sweep over several datasets: the header, the section across datasets,
+    then each dataset's own tables (its analysis and figures), never mixing tasks."""
+    sections = [header(whole, source), across]
+    for name, (analysis, plots) in datasets.items():
+        sections.append(f"## Dataset {escape(name)}")
+        sections += [demoted(section) for section in body(analysis, source, plots)]
+    sections.append(failures(whole))
+    return "\n\n".join(sections) + "\n"
+
+
+def demoted(section: str) -> str:
+    """A section with each markdown heading one level deeper (## becomes ###)."""
+    return "\n".join(f"#{line}" if line.startswith("#") else line
+                     for line in section.split("\n"))
+
+
+def body(analysis: Analysis, source: Source, plots: dict[str, str]) -> list[str]:
+    """The sections ranking one analysis's configurations (tuning, ranking, per size, vs
+    scratch, Pareto, scores, reproduce), or the line saying there is nothing to rank."""
+    if analysis.summary.empty:
+        return [f"No finished run logged **{escape(source.metric)}**: nothing to rank."]
+    sections = [tuning(analysis)] if analysis.tuned else []
+    sections += [ranking(analysis, source), per_size(analysis, source, plots),
+                 versus_scratch(analysis, source), pareto(analysis, source, plots)]
+    if analysis.scores is not None:
+        sections.append(scores_vs_accuracy(analysis, source, plots))
+    return [*sections, reproduce(analysis)]
 
 
 def header(analysis: Analysis, source: Source) -> str:
