@@ -123,7 +123,9 @@ def instrument(out_path: str) -> None:
             manager.__exit__(None, None, None)
             current["logging"] += time.perf_counter() - start
 
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from tlbench import compat
+
+    ConfigLoaderImpl = compat.hydra_config_loader()  # noqa: N806  (the class it times)
 
     composed: list[float] = []  # every job config composed, validating or launching
     composing = 0.0  # seconds of it since the last run started

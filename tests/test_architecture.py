@@ -1,5 +1,6 @@
-"""The house rules, checked: imports run one way, modules stay small, errors need no Hydra, and a
-new strategy is one class plus one YAML that the real CLI runs with no other file touched."""
+"""The house rules, checked: imports run one way, modules stay small, errors need no Hydra,
+a toy of each extension (backbone, strategy, source, score, report section) is one file that
+the real CLI runs with no other file touched; only tlbench/compat.py uses private APIs."""
 
 from __future__ import annotations
 
@@ -105,14 +106,69 @@ def test_no_module_is_over_400_lines():
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
 
 
-TOY = """
+PRIVATE_MODULES = ("hydra._internal", "keras.src", "tensorflow.python")
+PRIVATE_NAMES = {"_run_through_graph", "_functional", "_flatten_layers", "_context_handle",
+                 "_gradient_registry", "_apply_overrides_to_config"}
+COMPAT = PACKAGE / "compat.py"
+
+
+def private_uses(path: Path) -> list[str]:
+    """The private modules and names a file reaches: imports, attribute access, and strings
+    (getattr(x, "_functional"), a dotted class path)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [alias.name for alias in node.names]
+            found += [n for n in names if n.startswith(PRIVATE_MODULES)]
+        elif isinstance(node, ast.Attribute) and node.attr in PRIVATE_NAMES:
+            found.append(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+                node.value in PRIVATE_NAMES or node.value.startswith(PRIVATE_MODULES)):
+            found.append(node.value)
+    return found
+
+
+def test_only_the_compat_module_uses_private_apis():
+    roots = [PACKAGE.parent / name for name in ("tlbench", "hydra_plugins", "conf", "benchmarks")]
+    uses = {str(p.relative_to(PACKAGE.parent)): private_uses(p)
+            for root in roots for p in root.rglob("*.py") if p != COMPAT}
+    assert {name: found for name, found in uses.items() if found} == {}
+    assert private_uses(COMPAT)  # the check sees what compat.py does
+
+
+TOYS = """
     import sys
     from dataclasses import dataclass
 
+    import numpy as np
+
     from tlbench import registry
-    from tlbench.config import StrategyConfig
+    from tlbench.backbone.spec import BackboneSpec, unchanged
+    from tlbench.config import DataConfig, StrategyConfig
+    from tlbench.data.source import ArrayImages, LabelledImages, register
     from tlbench.plan import keep
+    from tlbench.report.sections import section
+    from tlbench.scores import Score
     from tlbench.strategy.base import Phase, Plan, Strategy, freeze, with_head
+
+
+    def build_toy_cnn(input_shape, weights=None):
+        '''Two strided convolution blocks: stages at strides 2 and 4.'''
+        import keras
+
+        inputs = keras.Input(shape=input_shape)
+        x = keras.layers.Rescaling(1 / 255, name="toy_rescale")(inputs)
+        x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="block1_conv")(x)
+        x = keras.layers.BatchNormalization(name="block1_bn")(x)
+        x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="block2_conv")(x)
+        return keras.Model(inputs, x, name="toy_cnn")
+
+
+    registry.BACKBONES.register("toy_cnn", BackboneSpec(
+        name="toy_cnn", build=build_toy_cnn, preprocess=unchanged,
+        preprocessed_range=(0.0, 255.0), default_input_size=32, min_input_size=16, family="toy",
+        preprocessing="none: rescaled inside", stages=(2, 4)))
 
 
     @dataclass(kw_only=True)
@@ -137,6 +193,32 @@ TOY = """
                       keep)])
 
 
+    @dataclass(kw_only=True)
+    class StripesConfig(DataConfig):
+        images_per_class: int
+
+
+    def load_stripes(cfg):
+        '''Noisy horizontal and vertical stripes, one class each.'''
+        rng = np.random.default_rng(0)
+        stripes = np.broadcast_to((np.arange(32) % 8 < 4)[:, None] * 255.0, (32, 32))
+        n = cfg.images_per_class
+        clean = np.concatenate([np.repeat(stripes[None], n, 0), np.repeat(stripes.T[None], n, 0)])
+        pixels = np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.float32)
+        return LabelledImages(ArrayImages(pixels), np.repeat([0, 1], n), ("across", "down"))
+
+
+    register("toy_stripes", StripesConfig, load_stripes)
+
+    registry.SCORES.register("toy_norm", Score(
+        lambda features, labels: float(np.linalg.norm(features, axis=1).mean()), "features"))
+
+
+    @section("toy_section", 85)
+    def toy_section(analysis, source, plots):
+        return f"## Toy section\\n\\n{len(analysis.runs)} run(s) seen."
+
+
     from tlbench.__main__ import main
 
     sys.argv = ["tlbench", *sys.argv[1:]]
@@ -144,30 +226,53 @@ TOY = """
 """
 
 
-def test_a_new_strategy_is_one_class_and_one_yaml(tmp_path):
-    """The class lives in this test, its YAML in a temporary config folder; the real CLI (Hydra,
-    prepare, trainer, MLflow) runs it without any other file changed."""
-    (tmp_path / "conf" / "strategy").mkdir(parents=True)
-    (tmp_path / "conf" / "strategy" / "two_head_phases.yaml").write_text(
+def test_a_toy_of_each_extension_is_one_file_through_the_real_cli(tmp_path):
+    """A backbone, strategy, data source, score and report section, all defined in one file
+    written here (the strategy's and source's YAML in a temporary config folder): the real CLI
+    trains, ranks and reports with them, no other file changed."""
+    conf = tmp_path / "conf"
+    (conf / "strategy").mkdir(parents=True)
+    (conf / "data").mkdir()
+    (conf / "strategy" / "two_head_phases.yaml").write_text(
         "name: two_head_phases\nsecond_lr_scale: 0.5\n")
-    script = tmp_path / "toy.py"
-    script.write_text(textwrap.dedent(TOY))
+    (conf / "data" / "toy_stripes.yaml").write_text(
+        "name: toy_stripes\nimages_per_class: 20\ntrain_size: all\nval_fraction: 0.2\n"
+        "test_fraction: 0.2\nsplit_seed: 0\ninput_size: 32\n")
+    script = tmp_path / "toys.py"
+    script.write_text(textwrap.dedent(TOYS))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = os.environ | {"MLFLOW_TRACKING_URI": uri}
-    result = subprocess.run(
-        [sys.executable, str(script), "strategy=two_head_phases", "backbone=vgg16",
-         "backbone.weights=null", "data.classes=[5,6]", "data.train_size=5", "trainer.epochs=1",
-         "trainer.patience=null", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    common = ["backbone=toy_cnn", "backbone.weights=null", "data=toy_stripes",
+              "data.train_size=5", f"hydra.searchpath=[file://{conf}]"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result
+
+    trained = cli("strategy=two_head_phases", "trainer.epochs=1", "trainer.patience=null",
+                  *common)
+    cli("rank", *common)
+    cli("report", "--tracking-uri", uri, "--out", str(tmp_path / "reports"))
+
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
-    assert run.info.status == "FINISHED"
+    runs = client.search_runs([client.get_experiment_by_name("tlbench").experiment_id])
+    (run,) = [r for r in runs if r.data.tags.get("tlbench.kind") != "score"]
+    (score,) = [r for r in runs if r.data.tags.get("tlbench.kind") == "score"]
+    assert run.info.status == score.info.status == "FINISHED"
+    assert run.info.run_name == "toy_cnn-two_head_phases-n5-s0"
     assert run.data.params["strategy.second_lr_scale"] == "0.5"
-    assert run.info.run_name == "vgg16-two_head_phases-n5-s0"
+    assert run.data.params["data.images_per_class"] == "20"
     assert run.data.tags["inputs"] == "images"
-    head_only = 512 * 2 + 2  # VGG16's 512 pooled features into 2 classes: the base stays frozen
-    assert run.data.metrics["params_trainable"] == head_only
+    assert run.data.metrics["params_trainable"] == 8 * 2 + 2  # 8 pooled features, 2 classes
     assert run.data.metrics["epochs_run"] == 2
     assert "phases head(1 ep, lr=0.001, on images), head_again(1 ep, lr=0.0005" in (
-        result.stdout + result.stderr)
+        trained.stdout + trained.stderr)
+    assert score.data.metrics["toy_norm"] > 0 and "logme" in score.data.metrics
+    (report,) = (tmp_path / "reports").glob("*.md")
+    text = report.read_text()
+    assert "## Toy section\n\n1 run(s) seen." in text
+    assert text.index("## Reproduce") < text.index("## Toy section") < text.index(
+        "## Runs that did not finish")
+    assert "toy\\_norm" in text

@@ -190,7 +190,9 @@ exec(blocks("backbone.md", "python")[0], {})
 entry = registry.BACKBONES["tinycnn"]
 base = entry.build((64, 64, 3))
 assert sorted(set(entry.stages_in(base).values())) == [1, 2, 3, 4, 5]
-assert yaml.safe_load(blocks("backbone.md", "yaml")[0])["name"] == "tinycnn"
+from tlbench.backbone import options
+
+assert yaml.safe_load(blocks("backbone.md", "yaml")[0]) == options.option(entry)
 
 exec(blocks("strategy.md", "python")[0], {})
 strategy_class = registry.STRATEGIES["two_head_phases"]
@@ -210,26 +212,29 @@ assert len(images.images) == 200 and images.class_names[0] == "stripes0"
 import tlbench.scores
 
 scores = vars(tlbench.scores).copy()
-exec(blocks("score.md", "python")[0], scores)
+exec(chr(10).join(blocks("score.md", "python")), scores)
 features = np.repeat(np.eye(4), 10, axis=0) + np.random.default_rng(0).normal(0, 0.1, (40, 4))
 labels = np.repeat(np.arange(4), 10)
 assert scores["ncm"](features, labels) == 1.0
 assert scores["ncm"](features, np.random.default_rng(1).permutation(labels)) < 0.6
+assert tlbench.scores.transferability(labels, features=features)["ncm"] == 1.0
 
 import tlbench.report.render
 
 render = vars(tlbench.report.render).copy()
 exec(blocks("report-section.md", "python")[0], render)
 runs = pd.DataFrame({"params.backbone.name": ["vgg16", "resnet50", "vgg16"]})
-section = render["runs_per_backbone"](SimpleNamespace(runs=runs), None)
+section = render["runs_per_backbone"](SimpleNamespace(runs=runs), None, {})
+assert registry.REPORT_SECTIONS["runs_per_backbone"].order == 35
 assert section.splitlines()[-2:] == ["| resnet50 | 1 |", "| vgg16 | 2 |"], section
 print("examples ok")
 """
 
 
 def test_the_extending_examples_run(tmp_path):
-    """Each worked example's code, as the page shows it: the backbone's stages are derived, the
-    strategy plans its two phases, the source loads, the score scores and the section renders."""
+    """Each worked example's code, as the page shows it: the backbone's stages and option are
+    derived, the strategy plans its two phases, the source loads, the score is computed with the
+    registered ones and the section renders in its place."""
     script = tmp_path / "examples.py"
     script.write_text(EXAMPLES)
     result = subprocess.run(

@@ -331,7 +331,7 @@ def test_rerun_command_lists_every_seed(command: str, seeds: tuple[str, ...],
 
 def test_top_limits_the_ranking_table(analysis: Analysis) -> None:
     source = Source("tlbench", "sweep-a", "sqlite://", "test_accuracy", top=2)
-    ranking = render.ranking(analysis, source)
+    ranking = render.ranking(analysis, source, {})
     assert "Top 2 of 6 configurations" in ranking
     assert [line.split(" | ")[0] for line in ranking.splitlines() if line.startswith("| ")] == [
         "| rank", "| ---:", "| 1", "| 2"]
@@ -751,16 +751,16 @@ def test_without_tune_every_learning_rate_is_its_own_configuration() -> None:
 def test_tuning_section_and_ranking_show_the_chosen_values() -> None:
     analysis = analyse(tuning_runs(), "test_accuracy", tune=["trainer.lr"])
     source = Source("tlbench", "sweep-t", "sqlite://", "test_accuracy")
-    section = render.tuning(analysis)
+    section = render.tuning(analysis, source, {})
     assert ("| resnet50 | feature\\_extraction | 10 | 0.01 | 0.001: 0.600 (2) · "
             "0.01: 0.650 (2) ★ |") in section
     assert "1 configuration(s) logged no val\\_accuracy: left out of the ranking." in section
-    ranking = render.ranking(analysis, source)
+    ranking = render.ranking(analysis, source, {})
     assert "| rank | backbone.name | strategy.name | data.train\\_size | trainer.lr (chosen on " \
            "val) | n |" in ranking
     assert "| 1 | resnet50 | feature\\_extraction | 10 | 0.01 | 2 | 0.300 |" in ranking
     assert "Swept and not tuned" not in ranking
-    header = render.header(analysis, source)
+    header = render.header(analysis, source, {})
     assert "- **Splits:** ranked test\\_accuracy: test; test\\_macro\\_f1: test; " \
            "val\\_accuracy: validation (used only by --tune and early stopping); " \
            "train\\_accuracy: the train subset. Nothing is selected on test" in header
@@ -772,8 +772,8 @@ def test_untuned_swept_learning_rate_points_to_tune() -> None:
     source = Source("tlbench", "sweep-t", "sqlite://", "test_accuracy")
     assert ("Swept and not tuned: trainer.lr. Each value is a configuration of its own, "
             "compared on test\\_accuracy; to choose on validation instead, report with --tune "
-            "trainer.lr.") in render.ranking(analysis, source)
-    assert "- **Tuned:** nothing" in render.header(analysis, source)
+            "trainer.lr.") in render.ranking(analysis, source, {})
+    assert "- **Tuned:** nothing" in render.header(analysis, source, {})
 
 
 @pytest.mark.parametrize(("tune", "message"), [

@@ -17,7 +17,16 @@ from scipy.stats import kendalltau
 from sklearn.covariance import ledoit_wolf_shrinkage
 
 from tlbench.errors import TlbenchError
-from tlbench.scores import SCORES, hscore, leep, logme, nce, transferability
+from tlbench.registry import SCORES
+from tlbench.scores import (
+    hscore,
+    leep,
+    logme,
+    names_reading,
+    nce,
+    score_names,
+    transferability,
+)
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "score_reference.json").read_text())
 
@@ -175,6 +184,13 @@ def test_transferability_computes_the_scores_whose_inputs_are_given():
     assert transferability(labels, source_probs=theta) == {
         "leep": leep(theta, labels), "nce": nce(theta.argmax(axis=1), labels)}
     assert set(transferability(labels, f, theta)) == set(SCORES)
+
+
+def test_scores_are_listed_in_the_order_they_were_registered():
+    """rank's table, the report's columns and the skipped-score note all read this order."""
+    assert score_names() == ["logme", "hscore", "leep", "nce"]
+    assert names_reading("source_probs") == ["leep", "nce"]
+    assert list(SCORES) == sorted(score_names())  # lookups and messages: name order
 
 
 CASES = {case["name"]: case for case in REFERENCE["cases"]}

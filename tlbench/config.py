@@ -83,7 +83,6 @@ class HeadConfig:
     frozen_features_only: ClassVar[bool] = False
 
 
-@registry.HEADS.entry("dense")
 @dataclass(kw_only=True)
 class DenseHeadConfig(HeadConfig):
     """Keras layers: optional Dense(units, relu), dropout, softmax; trained with the trainer."""
@@ -98,7 +97,6 @@ class DenseHeadConfig(HeadConfig):
         check(0 <= self.dropout < 1, "strategy.head.dropout", self.dropout, "a float in [0, 1)")
 
 
-@registry.HEADS.entry("logreg")
 @dataclass(kw_only=True)
 class LogregHeadConfig(HeadConfig):
     """scikit-learn linear probe: standardised features, logistic regression, C chosen on val."""
@@ -347,7 +345,7 @@ def parse_config(cfg: DictConfig | dict) -> RunConfig:
     strategy_class = registry.STRATEGIES[raw["strategy"].get("name")]
     head = raw["strategy"].pop("head", None) or {}
     strategy = typed(strategy_class.Config, raw["strategy"], "strategy")
-    strategy.head = typed(registry.HEADS[head.get("name")], head, "strategy.head")
+    strategy.head = typed(registry.HEADS[head.get("name")].Config, head, "strategy.head")
     return RunConfig(
         backbone=typed(backbone_schema(raw["backbone"].get("name")), raw["backbone"],
                        "backbone"),
@@ -362,14 +360,24 @@ def parse_config(cfg: DictConfig | dict) -> RunConfig:
 
 
 def packaged_defaults(group: str, option: str) -> dict:
-    """The values of conf/<group>/<option>.yaml (following its defaults list), as a dict."""
-    text = (files("tlbench.conf") / group / f"{option}.yaml").read_text()
-    node = OmegaConf.create(text)
+    """The values of conf/<group>/<option>.yaml, or of the option registered in its place
+    (following its defaults list), as a dict."""
+    path = files("tlbench.conf") / group / f"{option}.yaml"
+    node = OmegaConf.create(path.read_text() if path.is_file() else stored_option(group, option))
     merged = OmegaConf.create()
     for parent in node.pop("defaults", []):
         if parent != "_self_":
             merged = OmegaConf.merge(merged, packaged_defaults(group, parent))
     return OmegaConf.to_container(OmegaConf.merge(merged, node))
+
+
+def stored_option(group: str, option: str) -> DictConfig:
+    """An option registered in Hydra's ConfigStore when tlbench.conf is imported (backbones)."""
+    from hydra.core.config_store import ConfigStore
+
+    import tlbench.conf  # noqa: F401
+
+    return ConfigStore.instance().load(f"{group}/{option}.yaml").node
 
 
 def group_config(group: str, option: str, schema: type, /, **overrides: Any):

@@ -85,7 +85,7 @@ def schema(group: str, name: str) -> type:
     if group == "strategy":
         return registry.STRATEGIES[name].Config
     if group == "head":
-        return registry.HEADS[name]
+        return registry.HEADS[name].Config
     if group == "data":
         return registry.SOURCES[name].Config
     return FIXED[group]

@@ -20,12 +20,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see tlbench/quiet.py
 
 from tlbench.config import RunConfig, parse_config  # noqa: E402
 from tlbench.errors import TlbenchError, last_line, one_line  # noqa: E402
-from tlbench.scores import SCORES_VERSION  # noqa: E402
+from tlbench.scores import SCORES_VERSION, names_reading, score_names  # noqa: E402
 
 log = logging.getLogger("tlbench")
 
 SWEEPABLE = ("backbone", "backbone.weights", "data", "data.train_size", "seed")
-SCORE_NAMES = ("logme", "hscore", "leep", "nce")
 KIND_TAG = "tlbench.kind"
 KIND = "score"
 
@@ -193,8 +192,9 @@ def source_classifier(config: RunConfig, checkpoint, n_features: int):
         reason = "random weights (backbone.weights=null) have no source classifier"
     else:
         reason = f"backbone.weights={weights} is a headless weights file: no source classifier"
-    log.info("leep, nce skipped for %s: %s", config.backbone.name, reason)
-    return None, "leep, nce: " + reason
+    skipped = ", ".join(names_reading("source_probs"))
+    log.info("%s skipped for %s: %s", skipped, config.backbone.name, reason)
+    return None, f"{skipped}: {reason}"
 
 
 def config_yaml(config: RunConfig) -> str:
@@ -243,20 +243,20 @@ def table(candidates: list[Candidate]) -> str:
         header = "backbone (weights)"
         width = max(len(header), *(len(candidate_label(c.config)) for c in members))
         lines.append(f"  {header:<{width}}" + "".join(
-            f"{name:>9}" for name in SCORE_NAMES) + "  features s  computed  score s")
+            f"{name:>9}" for name in score_names()) + "  features s  computed  score s")
         for c in members:
             name = f"  {candidate_label(c.config):<{width}}"
             if c.error:
                 lines.append(f"{name}  FAILED: {c.error}")
                 continue
             values = "".join(f"{c.scores[s]:>9.3f}" if s in c.scores else f"{'–':>9}"
-                             for s in SCORE_NAMES)
+                             for s in score_names())
             lines.append(f"{name}{values}  {c.seconds['features']:>10.2f}  {c.computed:>8d}"
                          f"  {c.seconds['score']:>7.2f}")
         if not done:
             continue
         lines.append("  best first:")
-        for score in SCORE_NAMES:
+        for score in score_names():
             scored = sorted((c for c in done if score in c.scores),
                             key=lambda c, s=score: -c.scores[s])
             order = " > ".join(candidate_label(c.config) for c in scored) or "–"

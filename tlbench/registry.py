@@ -58,6 +58,10 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._load()))
 
+    def in_order(self) -> list[str]:
+        """Names in the order they were registered (the order tables list them in)."""
+        return list(self._load())
+
     def items(self) -> list[tuple[str, T]]:
         """(name, entry) pairs in name order."""
         return sorted(self._load().items())
@@ -69,7 +73,10 @@ FILE_BACKBONES: Registry = Registry("backbone read from a file", "backbone",
 """backbone=keras_file and kerashub: their BackboneConfig subclasses, whose entry() reads the
 network from the file their settings name."""
 STRATEGIES: Registry = Registry("strategy", "strategy", ("tlbench.strategy",))
-HEADS: Registry = Registry("head", "head", ("tlbench.config",))
+HEADS: Registry = Registry("head", "head", ("tlbench.strategy",))
 SOURCES: Registry = Registry("data source", "data", ("tlbench.data",))
+SCORES: Registry = Registry("score", "score", ("tlbench.scores",))
+REPORT_SECTIONS: Registry = Registry("report section", "report section",
+                                     ("tlbench.report.render", "tlbench.report.render_scores"))
 PRETRAIN_SOURCES: Registry = Registry("pretraining source", "backbone.weights=source",
                                       ("tlbench.pretrain",))

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from tlbench import compat
 from tlbench.errors import TlbenchError
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -171,14 +172,8 @@ def kernels_kept() -> Iterator[None]:
     if backend() != "tensorflow":
         yield
         return
-    from tensorflow.python.eager import context  # private: both flush whenever it has a handle
-
-    eager = context.context()
-    handle, eager._context_handle = eager._context_handle, None
-    try:
+    with compat.tensorflow_context_detached():
         yield
-    finally:
-        eager._context_handle = handle
 
 
 def release_traced_graphs() -> None:
@@ -190,9 +185,7 @@ def release_traced_graphs() -> None:
     per VGG16/MobileNetV2 run that clear_session() cannot free (TF issues #97697, #80895). Call
     only between runs, when nothing is being traced.
     """
-    from tensorflow.python.framework import ops  # private: the registry has no public API
-
-    registry = ops._gradient_registry._registry
+    registry = compat.tensorflow_gradient_registry() or {}
     for name in [name for name in registry if name.startswith("CustomGradient-")]:
         del registry[name]
 

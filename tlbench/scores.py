@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import scipy.linalg
 
+from tlbench import registry
 from tlbench.errors import TlbenchError
 
 SCORES_VERSION = 2
@@ -169,21 +170,30 @@ class Score:
     reads: Literal["features", "source_probs"]
 
 
-SCORES = {
-    "logme": Score(logme, "features"),
-    "hscore": Score(hscore, "features"),
-    "leep": Score(leep, "source_probs"),
-    "nce": Score(_nce_of_probs, "source_probs"),
-}
+registry.SCORES.register("logme", Score(logme, "features"))
+registry.SCORES.register("hscore", Score(hscore, "features"))
+registry.SCORES.register("leep", Score(leep, "source_probs"))
+registry.SCORES.register("nce", Score(_nce_of_probs, "source_probs"))
+
+
+def score_names() -> list[str]:
+    """Every registered score, in registration order (as rank and the report list them)."""
+    return registry.SCORES.in_order()
+
+
+def names_reading(reads: str) -> list[str]:
+    """The registered scores that read this input ("features" or "source_probs")."""
+    return [name for name in score_names() if registry.SCORES[name].reads == reads]
 
 
 def transferability(labels: np.ndarray, features: np.ndarray | None = None,
                     source_probs: np.ndarray | None = None) -> dict[str, float]:
-    """Every score in SCORES whose input is given, by name."""
+    """Every registered score whose input is given, by name."""
     inputs = {"features": features, "source_probs": source_probs}
     if features is None and source_probs is None:
         raise TlbenchError("no input to score; pass features and/or source_probs")
-    return {name: score.fn(inputs[score.reads], labels) for name, score in SCORES.items()
+    chosen = {name: registry.SCORES[name] for name in score_names()}
+    return {name: score.fn(inputs[score.reads], labels) for name, score in chosen.items()
             if inputs[score.reads] is not None}
 
 

@@ -19,13 +19,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType, ValueType
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tlbench import compat
 
 
 @dataclass
@@ -42,9 +42,6 @@ class ComposeOnceSweeperConf:
 
 ConfigStore.instance().store(group="hydra/sweeper", name="tlbench", node=ComposeOnceSweeperConf,
                              provider="tlbench")
-
-
-IN_PROCESS = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 PLAIN_VALUES = (str, int, float, bool, type(None))
@@ -106,19 +103,19 @@ def twin_config(original: DictConfig, parsed: list[Override], plain: list[Overri
     `parsed` overrides), task overrides and `override_dirname`, set as Hydra's
     `load_sweep_config` sets them."""
     config = copy.deepcopy(original)
-    ConfigLoaderImpl._apply_overrides_to_config(plain, config)
+    compat.hydra_apply_overrides(plain, config)
     task = [o for o in parsed if not o.is_hydra_override()]
     naming = config.hydra.job.config.override_dirname
     with open_dict(config.hydra):
         config.hydra.overrides.task = [o.input_line for o in task]
-        config.hydra.job.override_dirname = get_overrides_dirname(
+        config.hydra.job.override_dirname = compat.hydra_overrides_dirname(
             overrides=task, kv_sep=naming.kv_sep, item_sep=naming.item_sep,
             exclude_keys=naming.exclude_keys)
     OmegaConf.copy_cache(from_config=master_config, to_config=config)
     return config
 
 
-class ComposeOnceSweeper(BasicSweeper):
+class ComposeOnceSweeper(compat.hydra_basic_sweeper()):
     """The basic sweeper (same grid, same batches, every job validated before any runs), whose
     validation composes the configs the in-process launcher runs."""
 
@@ -133,7 +130,7 @@ class ComposeOnceSweeper(BasicSweeper):
         """Set up as the basic sweeper; an in-process launcher then loads job configs through
         the kept ones."""
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        if config.hydra.launcher._target_ == IN_PROCESS:
+        if config.hydra.launcher._target_ == compat.HYDRA_IN_PROCESS_LAUNCHER:
             self.configs = KeptConfigs(hydra_context.config_loader, self.keep)
             self.launcher.hydra_context = HydraContext(config_loader=self.configs,
                                                        callbacks=hydra_context.callbacks)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from tlbench import compat
 from tlbench.backbone.spec import BackboneSpec
 from tlbench.backbone.stages import stage_strides, stages_of, strides_of
 from tlbench.errors import TlbenchError
@@ -138,4 +139,4 @@ def has_normalization(model) -> bool:
 
     kinds = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
              keras.layers.GroupNormalization)
-    return any(isinstance(layer, kinds) for layer in model._flatten_layers(include_self=False))
+    return any(isinstance(layer, kinds) for layer in compat.walk_layers(model))

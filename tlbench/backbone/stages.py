@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import re
 
+from tlbench.backbone.graph import trace
+
 PROBE = 512
 _STRIDES: dict[str, list[int]] = {}
 
@@ -30,32 +32,18 @@ def _spatial_stride(shape, probe: int) -> int | None:
 
 def traced_strides(model, probe: int = PROBE) -> dict[int, int]:
     """Output stride of every operation of `model` (by id), traced at a probe x probe input."""
-    import keras
-    from keras import tree
-
     tensor_strides: dict[int, int] = {}
     strides: dict[int, int] = {}
 
-    def trace(op):
-        def call(*args, **kwargs):
-            inputs = [t for t in tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
-            inherited = max((tensor_strides.get(id(t), 1) for t in inputs), default=1)
-            if isinstance(op, keras.Model):
-                graph = getattr(op, "_functional", None) or op
-                output = graph._run_through_graph(args[0], operation_fn=trace)
-            else:
-                output = op.compute_output_spec(*args, **kwargs)
-            outputs = tree.flatten(output)
-            stride = max([inherited] + [s for t in outputs
-                                        if (s := _spatial_stride(t.shape, probe)) is not None])
-            strides[id(op)] = stride
-            for tensor in outputs:
-                tensor_strides[id(tensor)] = stride
-            return output
+    def visit(op, inputs, outputs) -> None:
+        inherited = max((tensor_strides.get(id(t), 1) for t in inputs), default=1)
+        stride = max([inherited] + [s for t in outputs
+                                    if (s := _spatial_stride(t.shape, probe)) is not None])
+        strides[id(op)] = stride
+        for tensor in outputs:
+            tensor_strides[id(tensor)] = stride
 
-        return call
-
-    model._run_through_graph(keras.KerasTensor((1, probe, probe, 3)), operation_fn=trace)
+    trace(model, probe, visit)
     return strides
 
 
@@ -72,10 +60,15 @@ def block_key(name: str, auto: bool) -> str:
 
 def _is_auto_named(op) -> bool:
     """Whether Keras made up the name from the class (conv2d_7, add, batch_normalization_3)."""
-    from keras.src.utils.naming import to_snake_case
-
-    return re.fullmatch(re.escape(to_snake_case(type(op).__name__)) + r"(_\d+)?", op.name) \
+    return re.fullmatch(re.escape(snake_case(type(op).__name__)) + r"(_\d+)?", op.name) \
         is not None
+
+
+def snake_case(name: str) -> str:
+    """A class name as Keras names its instances (Conv2D -> conv2d, ReLU -> re_lu)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def block_strides(model) -> list[int]:

@@ -317,7 +317,8 @@ def significance(result: Across, folder: Path, stem: str) -> list[str]:
 def scores_across(taus: dict[str, pd.DataFrame], group: list[str]) -> str | None:
     """Each transferability score's (and model size's) Kendall tau per dataset and its mean over
     the datasets, per strategy and size; None when no dataset has score runs."""
-    from tlbench.report.stats import BASELINES, SCORE_NAMES
+    from tlbench.report.stats import BASELINES
+    from tlbench.scores import score_names
 
     frames = [frame.assign(dataset=name) for name, frame in taus.items() if not frame.empty]
     if not frames:
@@ -325,7 +326,7 @@ def scores_across(taus: dict[str, pd.DataFrame], group: list[str]) -> str | None
     both = pd.concat(frames, ignore_index=True)
     datasets = list(dict.fromkeys(both["dataset"]))
     rows = []
-    for name in (*SCORE_NAMES, *BASELINES):
+    for name in (*score_names(), *BASELINES):
         if f"{name}_tau" not in both or both[f"{name}_tau"].isna().all():
             continue
         for key, members in both.groupby(group, sort=False):

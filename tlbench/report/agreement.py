@@ -18,7 +18,6 @@ from tlbench.report.stats import (
     MIN_TAU_POINTS,
     MISSING,
     SCORE_KIND,
-    SCORE_NAMES,
     SCORES_VERSION_TAG,
     SCRATCH,
     SIZE,
@@ -27,7 +26,7 @@ from tlbench.report.stats import (
     latest_per_config,
     ordered_groups,
 )
-from tlbench.scores import SCORES_VERSION
+from tlbench.scores import SCORES_VERSION, score_names
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def score_table(score_runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     done = latest_per_config(runs[runs["status"] == FINISHED])
     table = pd.DataFrame({c.removeprefix("params."): done[c].fillna(MISSING)
                           for c in done if c.startswith("params.")})
-    for name in SCORE_NAMES:
+    for name in score_names():
         table[name] = column(done, f"metrics.{name}").astype(float)
     for name in BASELINES:
         table[f"scored_{name}"] = column(done, f"metrics.{name}").astype(float)
@@ -113,7 +112,7 @@ def score_agreement(tidy: pd.DataFrame, summary: pd.DataFrame, shown: list[str],
     matched = scores.merge(seeds, on=[*keys, "seed"], how="inner")
     if matched.empty:
         return empty
-    scored = [*SCORE_NAMES, *(f"scored_{b}" for b in BASELINES)]
+    scored = [*score_names(), *(f"scored_{b}" for b in BASELINES)]
     per_base = matched.groupby(keys).agg(score_n=("seed", "nunique"),
                                          **{s: (s, "mean") for s in scored}).reset_index()
     trained = summary[summary[STRATEGY] != SCRATCH]
@@ -122,12 +121,12 @@ def score_agreement(tidy: pd.DataFrame, summary: pd.DataFrame, shown: list[str],
         return empty
     for name in BASELINES:
         points[name] = points[name].fillna(points[f"scored_{name}"])
-    points = points[[*group, *candidate, "n_train", "n", "mean", "score_n", *SCORE_NAMES,
+    points = points[[*group, *candidate, "n_train", "n", "mean", "score_n", *score_names(),
                      *BASELINES]]
     rows = []
     for key, members in ordered_groups(points, group):
         row = dict(zip(group, key, strict=True)) | {"backbones": len(members)}
-        for name in (*SCORE_NAMES, *BASELINES):
+        for name in (*score_names(), *BASELINES):
             tau, p, k = kendall(members[name], members["mean"])
             row |= {f"{name}_tau": tau, f"{name}_p": p, f"{name}_k": k}
         rows.append(row)

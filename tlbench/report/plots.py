@@ -16,13 +16,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from tlbench.report.analysis import Analysis
 from tlbench.report.stats import (
     # noqa: E402,
-    SCORE_NAMES,
     SIZE,
     STRATEGY,
     config_label,
     data_columns,
     ordered_groups,
 )
+from tlbench.scores import score_names
 
 DPI = 110
 
@@ -148,7 +148,7 @@ def scores_vs_accuracy(analysis: Analysis, metric: str, path: Path) -> None:
     and size, a column per score that any backbone has; tau in each panel's title."""
     agreement = analysis.scores
     points, group, candidate = agreement.points, agreement.group, agreement.candidate
-    names = [s for s in SCORE_NAMES if points[s].notna().any()]
+    names = [s for s in score_names() if points[s].notna().any()]
     groups = ordered_groups(points, group)
     taus = agreement.taus.set_index(group) if group else agreement.taus
     fig = Figure(figsize=(3.6 * len(names), 3.0 * len(groups)), layout="constrained")

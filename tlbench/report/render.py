@@ -18,7 +18,7 @@ from tlbench.report.markdown import (
     table,
     timestamp,
 )
-from tlbench.report.render_scores import scores_vs_accuracy
+from tlbench.report.sections import BODY_ORDERS, rendered_sections, section
 from tlbench.report.stats import (
     SELECTION_METRIC,
     SPLITS,
@@ -35,6 +35,7 @@ from tlbench.store import redact
 
 GRID_VALUES_SHOWN = 24
 REPRODUCED = 3
+Plots = dict[str, str]
 VERSION_TAGS = (("tlbench", "tlbench_version"), ("git commit", "git_commit"),
                 ("Keras", "keras_version"), ("TensorFlow", "tensorflow_version"),
                 ("JAX", "jax_version"), ("PyTorch", "torch_version"), ("MLflow", "mlflow_version"))
@@ -59,21 +60,22 @@ def _is_multirun(words: list[str]) -> bool:
 
 
 def render_markdown(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
-    """The whole report; `plots` maps a figure's key to its path relative to the report."""
-    sections = [header(analysis, source), *body(analysis, source, plots), failures(analysis)]
-    return "\n\n".join(sections) + "\n"
+    """The whole report: every registered section in order (tlbench/report/sections.py);
+    `plots` maps a figure's key to its path relative to the report."""
+    return "\n\n".join(rendered_sections(analysis, source, plots)) + "\n"
 
 
 def render_datasets(whole: Analysis, datasets: dict[str, tuple[Analysis, dict[str, str]]],
                     source: Source, across: str) -> str:
     """The report of a sweep over several datasets: the header, the section across datasets,
-    then each dataset's own tables (its analysis and figures), never mixing tasks."""
-    sections = [header(whole, source), across]
+    then each dataset's own sections (its analysis and figures), never mixing tasks."""
+    sections = [header(whole, source, {}), across]
     for name, (analysis, plots) in datasets.items():
         sections.append(f"## Dataset {escape(name)}")
-        sections += [demoted(section) for section in body(analysis, source, plots)]
-    sections.append(failures(whole))
-    return "\n\n".join(sections) + "\n"
+        sections += [demoted(section)
+                     for section in rendered_sections(analysis, source, plots, BODY_ORDERS)]
+    sections.append(failures(whole, source, {}))
+    return "\n\n".join(section for section in sections if section) + "\n"
 
 
 def demoted(section: str) -> str:
@@ -82,20 +84,8 @@ def demoted(section: str) -> str:
                      for line in section.split("\n"))
 
 
-def body(analysis: Analysis, source: Source, plots: dict[str, str]) -> list[str]:
-    """The sections ranking one analysis's configurations (tuning, ranking, per size, vs
-    scratch, Pareto, scores, reproduce), or the line saying there is nothing to rank."""
-    if analysis.summary.empty:
-        return [f"No finished run logged **{escape(source.metric)}**: nothing to rank."]
-    sections = [tuning(analysis)] if analysis.tuned else []
-    sections += [ranking(analysis, source), per_size(analysis, source, plots),
-                 versus_scratch(analysis, source), pareto(analysis, source, plots)]
-    if analysis.scores is not None:
-        sections.append(scores_vs_accuracy(analysis, source, plots))
-    return [*sections, reproduce(analysis)]
-
-
-def header(analysis: Analysis, source: Source) -> str:
+@section("header", 10, needs_results=False)
+def header(analysis: Analysis, source: Source, plots: Plots) -> str:
     """Title, what was ranked, run counts and dates, environment, and the swept grid."""
     runs = analysis.runs
     counts = status_counts(runs)
@@ -177,7 +167,16 @@ def ranking_verdict(summary: pd.DataFrame, shown: list[str]) -> str:
     return verdict
 
 
-def ranking(analysis: Analysis, source: Source) -> str:
+@section("nothing_to_rank", 15, needs_results=False)
+def nothing_to_rank(analysis: Analysis, source: Source, plots: Plots) -> str | None:
+    """Why there is no ranking, when no finished run logged the metric."""
+    if not analysis.summary.empty:
+        return None
+    return f"No finished run logged **{escape(source.metric)}**: nothing to rank."
+
+
+@section("ranking", 30)
+def ranking(analysis: Analysis, source: Source, plots: Plots) -> str:
     """The ranked configuration table with seed statistics, costs and tie verdicts."""
     summary, shown, tuned = analysis.summary, analysis.shown, list(analysis.tuned)
     ranked = summary.head(source.top) if source.top else summary
@@ -209,8 +208,12 @@ def chosen_headers(tuned: Sequence[str]) -> list[str]:
     return [f"{key} (chosen on val)" for key in tuned]
 
 
-def tuning(analysis: Analysis) -> str:
-    """Every tuned candidate's mean val_accuracy per configuration, the chosen one starred."""
+@section("tuning", 20)
+def tuning(analysis: Analysis, source: Source, plots: Plots) -> str | None:
+    """Every tuned candidate's mean val_accuracy per configuration, the chosen one starred
+    (None without --tune)."""
+    if not analysis.tuned:
+        return None
     choices, shown, tuned = analysis.choices, analysis.shown, list(analysis.tuned)
     rows, unchosen = [], 0
     for key, candidates in choices.groupby(shown, sort=False):
@@ -246,7 +249,8 @@ def winning_strategies(winners: pd.DataFrame, size_columns: list[str]) -> str:
                      for strategy, sizes in wins.items())
 
 
-def per_size(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
+@section("per_size", 40)
+def per_size(analysis: Analysis, source: Source, plots: Plots) -> str:
     """Winner at each training-set size, best mean per strategy, learning curves and heatmaps."""
     by = data_columns(analysis.shown)
     rest = [c for c in analysis.shown if c not in by]
@@ -277,7 +281,8 @@ def _starred(value: float, best: float) -> str:
     return number(value, ".3f") + (" ★" if value == best else "")
 
 
-def versus_scratch(analysis: Analysis, source: Source) -> str:
+@section("versus_scratch", 50)
+def versus_scratch(analysis: Analysis, source: Source, plots: Plots) -> str:
     """Gain of each strategy over the from-scratch control per backbone and size."""
     gains = analysis.gains
     title = "## Transfer vs training from scratch"
@@ -301,7 +306,8 @@ def versus_scratch(analysis: Analysis, source: Source) -> str:
     ])
 
 
-def pareto(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
+@section("pareto", 60)
+def pareto(analysis: Analysis, source: Source, plots: Plots) -> str:
     """The configurations no other beats on both the metric and a cost, with the scatter plot."""
     metric, shown = escape(source.metric), analysis.shown
     sections = ["## Pareto fronts", "",
@@ -321,7 +327,8 @@ def pareto(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
     return "\n".join(sections)
 
 
-def reproduce(analysis: Analysis) -> str:
+@section("reproduce", 80)
+def reproduce(analysis: Analysis, source: Source, plots: Plots) -> str:
     """Commands that rerun the top configurations with all their seeds."""
     sections = ["## Reproduce the top configurations"]
     for _, row in analysis.summary.head(REPRODUCED).iterrows():
@@ -333,7 +340,8 @@ def reproduce(analysis: Analysis) -> str:
     return "\n".join(sections)
 
 
-def failures(analysis: Analysis) -> str:
+@section("failures", 90, needs_results=False)
+def failures(analysis: Analysis, source: Source, plots: Plots) -> str:
     """Runs that did not finish, with their error tag."""
     unfinished = unfinished_runs(analysis.runs)
     title = "## Runs that did not finish"

@@ -10,14 +10,14 @@ from tlbench.report.markdown import (
     number,
     table,
 )
+from tlbench.report.sections import section
 from tlbench.report.stats import (
     BASELINES,
     MIN_TAU_POINTS,
-    SCORE_NAMES,
     SCORES_VERSION_TAG,
     ordered_groups,
 )
-from tlbench.scores import SCORES_VERSION
+from tlbench.scores import SCORES_VERSION, score_names
 
 BASELINE_TITLES = {"params_total": "params", "flops": "FLOPs"}
 
@@ -33,9 +33,12 @@ def tau_cell(tau: float, p: float, k: int, backbones: int) -> str:
     return f"{tau:+.2f} (p={p:.2f}{subset})"
 
 
-def scores_vs_accuracy(analysis: Analysis, source: Source, plots: dict[str, str]) -> str:
+@section("scores_vs_accuracy", 70)
+def scores_vs_accuracy(analysis: Analysis, source: Source, plots: dict[str, str]) -> str | None:
     """Each transferability score beside the accuracy reached, Kendall's tau per strategy and
-    size, and the scatter plot."""
+    size, and the scatter plot (None when the experiment was not searched for score runs)."""
+    if analysis.scores is None:
+        return None
     agreement, metric = analysis.scores, escape(source.metric)
     title = "## Scores before training vs accuracy after"
     versions = version_line(agreement.other_version)
@@ -49,8 +52,8 @@ def scores_vs_accuracy(analysis: Analysis, source: Source, plots: dict[str, str]
                 f"\n\n{versions}")
     group, candidate = agreement.group, agreement.candidate
     baselines = [b for b in BASELINES if agreement.points[b].notna().any()]
-    compared = [*SCORE_NAMES, *baselines]
-    titles = [*SCORE_NAMES, *(BASELINE_TITLES[b] for b in baselines)]
+    compared = [*score_names(), *baselines]
+    titles = [*score_names(), *(BASELINE_TITLES[b] for b in baselines)]
     taus = [(*(row[c] for c in group), row["backbones"],
              *(tau_cell(row[f"{s}_tau"], row[f"{s}_p"], row[f"{s}_k"], row["backbones"])
                for s in compared))
@@ -64,7 +67,7 @@ def scores_vs_accuracy(analysis: Analysis, source: Source, plots: dict[str, str]
         f"{MIN_TAU_POINTS} backbones it is not meaningful. Joined on backbone, weights, "
         "pretrain settings, data, training-set size and seed; scratch runs are left out (they do "
         "not start from the scored weights).", "",
-        f"Baseline: the tau of the backbone's size alone ({', '.join(titles[len(SCORE_NAMES):])}"
+        f"Baseline: the tau of the backbone's size alone ({', '.join(titles[len(score_names()):])}"
         ", bigger ranked higher). A score that does not beat it tells you no more than model "
         "size does.", "",
         versions, "",
@@ -74,7 +77,7 @@ def scores_vs_accuracy(analysis: Analysis, source: Source, plots: dict[str, str]
     for key, members in ordered_groups(agreement.points, group):
         members = members.sort_values("mean", ascending=False, kind="stable")
         rows = [(*(row[c] for c in candidate), row["n"], number(row["mean"], ".3f"),
-                 row["score_n"], *(number(row[s], ".3f") for s in SCORE_NAMES),
+                 row["score_n"], *(number(row[s], ".3f") for s in score_names()),
                  *(number(row[b], ",.0f") for b in baselines))
                 for _, row in members.iterrows()]
         sections += ["", f"### {escape(' · '.join(map(str, key)))}", "",

@@ -29,7 +29,6 @@ COSTS = ("fit_seconds", "params_trainable", "params_total", "n_train", "flops",
 SELECTION_METRIC = "val_accuracy"  # the only metric anything is chosen on; never a test metric
 RUN_FIELDS = ("seed", "value", "selection", *COSTS, "command")
 KIND_TAG, SCORE_KIND, SWEEP_KIND = "tlbench.kind", "score", "sweep"
-SCORE_NAMES = ("logme", "hscore", "leep", "nce")
 BASELINES = ("params_total", "flops")  # model size: the guess a transferability score must beat
 SCORES_VERSION_TAG = "scores.version"  # absent on runs scored before the tag: version 1
 SPLITS = {"test_accuracy": "test", "test_macro_f1": "test",

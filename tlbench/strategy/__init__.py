@@ -13,6 +13,7 @@ from tlbench.strategy import (  # noqa: F401
     feature_extraction,
     full_retrain,
     gradual_unfreeze,
+    heads,
     lora,
     lp_ft,
     partial_finetune,

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from tlbench import features, registry, runtime
+from tlbench import compat, features, registry, runtime
 from tlbench.backbone import BackboneSpec, on_pixels
 from tlbench.backbone.cost import multiply_adds
 from tlbench.base_facts import BaseFacts, base_facts
 from tlbench.config import DenseHeadConfig, RunConfig, StrategyConfig, TrainerConfig
 from tlbench.errors import check
 from tlbench.plan import Phase, Plan
+from tlbench.strategy.heads import STANDARDIZE
 
 if TYPE_CHECKING:
     from tlbench.data import Dataset
@@ -170,7 +171,7 @@ def standardize_head(plan: Plan, train_features: Callable[[], np.ndarray]) -> No
     (computed only if the plan has such a layer); fixed afterwards, never fitted on val/test."""
     models = [plan.model, *(phase.model for phase in plan.phases if phase.model is not None)]
     layers = {id(layer): layer for model in models
-              for layer in model._flatten_layers(include_self=False, recursive=True)
+              for layer in compat.walk_layers(model)
               if layer.name == STANDARDIZE}
     if layers:
         values = train_features()
@@ -189,23 +190,9 @@ def cached_route(run: RunConfig, inputs: str) -> Route:
     return Route(inputs, "frozen outputs cached and reused")
 
 
-STANDARDIZE = "head_standardize"
-
-
 def head_layers(n_classes: int, head: DenseHeadConfig):
-    """The new classifier on pooled features: standardisation (if asked; adapted to the training
-    split by `Strategy.train`), optional Dense(units, relu), dropout, softmax."""
-    import keras
-
-    from tlbench.strategy.layers import Standardize
-
-    layers = [Standardize(name=STANDARDIZE)] if head.standardize else []
-    layers += [keras.layers.Dense(head.units, activation="relu", name="head_dense")] \
-        if head.units else []
-    layers += [keras.layers.Dropout(head.dropout, name="head_dropout"),
-               keras.layers.Dense(n_classes, activation="softmax", name="head_softmax",
-                                  dtype="float32")]  # float32 probabilities under mixed precision
-    return keras.Sequential(layers, name="head")
+    """The new classifier on pooled features, as the head's registered entry makes it."""
+    return registry.HEADS[head.name].layers(n_classes, head)
 
 
 def augmentation():

@@ -70,13 +70,13 @@ class FeatureExtraction(Strategy):
                                trainer.precision))
 
     def fit_frozen(self, prepared, facts, inputs):
-        """A Keras head through the trainer, or the linear probe (head=logreg)."""
-        from tlbench import train
-
+        """A Keras head through the trainer, or a head fitted once on the frozen features (its
+        registered `fit`, as head=logreg's linear probe)."""
         head = self.config.head
-        if not head.frozen_features_only:
+        fit = registry.HEADS[head.name].fit
+        if fit is None:
             return super().fit_frozen(prepared, facts, inputs)
-        log.info("strategy %s: logistic regression over C in %s", self.name, head.c_grid)
-        result = train.train_logreg(inputs["features"], head, facts.params, prepared.config.seed)
+        log.info("strategy %s: head %s fitted once on frozen features", self.name, head.name)
+        result = fit(inputs["features"], head, facts.params, prepared.config.seed)
         result.summary = facts.summary
         return result
