@@ -46,6 +46,15 @@ def restored_environment():
         os.environ.update(saved)
 
 
+def backend_or_skip(name: str) -> None:
+    """Skip a test whose Keras backend is not installed, unless TLBENCH_REQUIRE_BACKENDS (set by
+    .ci/run, e.g. "jax torch") names it: then a missing backend fails the test, visibly."""
+    if name in os.environ.get("TLBENCH_REQUIRE_BACKENDS", "").split():
+        __import__(name)  # ImportError: the test fails
+    else:
+        pytest.importorskip(name)
+
+
 def compose_config(overrides: list[str]):
     """Compose conf/ exactly as `python -m tlbench` does, with overrides."""
     with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):

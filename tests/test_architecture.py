@@ -236,7 +236,8 @@ def test_a_toy_of_each_extension_is_one_file_through_the_real_cli(tmp_path):
     (conf / "strategy" / "two_head_phases.yaml").write_text(
         "name: two_head_phases\nsecond_lr_scale: 0.5\n")
     (conf / "data" / "toy_stripes.yaml").write_text(
-        "name: toy_stripes\nimages_per_class: 20\ntrain_size: all\nval_fraction: 0.2\n"
+        "name: toy_stripes\ntask: null\ngroup: null\nprotocol: tune\nimages_per_class: 20\n"
+        "train_size: all\nval_fraction: 0.2\n"
         "test_fraction: 0.2\nsplit_seed: 0\ninput_size: 32\n")
     script = tmp_path / "toys.py"
     script.write_text(textwrap.dedent(TOYS))

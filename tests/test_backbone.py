@@ -83,11 +83,21 @@ def test_stages_derived_from_strides_match_the_entry(bases, name):
                 assert strides[parent.operation.name] <= strides[layer.name], layer.name
 
 
-def test_stages_of_are_cached_per_backbone(bases):
+def test_stages_of_are_cached_per_backbone(bases, monkeypatch):
+    """The graph is traced once per backbone name; without a name, every call traces it."""
+    from tlbench.backbone import stages
+
+    traced = []
+    trace = stages.traced_strides
+    monkeypatch.setattr(stages, "traced_strides", lambda model: traced.append(1) or trace(model))
+    monkeypatch.setattr(stages, "_STRIDES", {})
     base = bases["mobilenetv2"]
     first = stages_of(base, "mobilenetv2")
-    assert strides_of(base, "mobilenetv2") == strides_of(base)  # cached equals recomputed
-    assert first == stages_of(base, "mobilenetv2")
+    assert len(traced) == 1
+    assert stages_of(base, "mobilenetv2") == first and strides_of(base, "mobilenetv2")
+    assert len(traced) == 1  # read from the cache
+    assert strides_of(base) == strides_of(base, "mobilenetv2")  # cached equals recomputed
+    assert len(traced) == 2
 
 
 # The stages as they were written by hand before they were derived: the derived ones must

@@ -158,16 +158,33 @@ def test_offline_imagenet_fails_the_run_in_one_line(tmp_path):
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
-    """Non-zero exit, no traceback, and the message on the last stderr line."""
+    """Non-zero exit, no traceback, and the message on the last stderr line: `tlbench: error:`
+    with every fragment."""
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    last = lines[-1] if lines else ""
+    assert last.startswith("tlbench: error: "), result.stderr[-1500:]
     for fragment in fragments:
-        assert fragment in result.stderr, result.stderr[-1500:]
+        assert fragment in last, result.stderr[-1500:]
 
 
 @pytest.mark.parametrize(("args", "fragments"), [
     (["backbone=resnet18"], ["Could not find 'backbone/resnet18'", "mobilenetv2", "vgg16"]),
     (["strategy=linear_probe"], ["Could not find 'strategy/linear_probe'", "partial_finetune"]),
+])
+def test_an_unknown_config_option_is_hydras_error_listing_the_options(tmp_path, args, fragments):
+    """Hydra's own message for a config group option that does not exist: several lines (the
+    options, the search path), no traceback, no run."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench(*args, cwd=tmp_path, uri=uri)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr[-1500:]
+    assert runs_of(uri) == []
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
     (["strategy=partial_finetune", "strategy.unfreeze_blocks=9"],
      ["strategy.unfreeze_blocks=9 is invalid: expected 1 to 5: mobilenetv2 has 5 stages"]),
     (["data.train_size=lots"], ["data.train_size='lots' is invalid"]),

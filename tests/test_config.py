@@ -66,7 +66,8 @@ def test_defaults_match_public_keys():
     assert config.backbone.weights == "source:digits04"  # the default measures transfer
     assert config.data.classes == [5, 6, 7, 8, 9]
     assert config.data.train_size == "all"
-    assert config.trainer.epochs >= 1 and config.trainer.batch_size >= 1 and config.trainer.lr > 0
+    assert (config.trainer.epochs, config.trainer.batch_size, config.trainer.lr) == (10, 32, 0.001)
+    assert (config.trainer.optimizer, config.trainer.patience) == ("adam", 3)
     assert config.tracking.uri is None and config.tracking.experiment == "tlbench"
     assert config.seed == 0
 

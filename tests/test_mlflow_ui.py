@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from tlbench.report.__main__ import main as report_main
 from tlbench.store import OPEN_PARENTS, SWEEP_KIND, ensure_experiment
-from tlbench.sweep import SweepCallback, open_parent_run
+from tlbench.sweep import SweepCallback, open_parent_run, start_parent, sweep_id_of
 from tlbench.track import tracked_run
 
 PARENT = "mlflow.parentRunId"
@@ -93,21 +94,27 @@ def test_jobs_join_only_a_running_parent_which_stale_checks_never_kill(tmp_path,
 
 def test_jobs_of_a_sweep_this_process_opened_find_its_parent_without_a_search(
         tmp_path, tiny_config, monkeypatch):
+    """The launching process's `start_parent` records the parent it opened; its jobs' runs
+    name it without searching the store, and closing the sweep forgets it."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    launch = OmegaConf.create({  # the keys of a multirun's config that start_parent reads
+        "tracking": {"uri": uri, "experiment": "tlbench"},
+        "hydra": {"sweeper": {"params": None}, "overrides": {"task": ["seed=0,1"]}}})
+    _, parent = start_parent(launch, tmp_path)
+    sweep_id = sweep_id_of(["seed=0,1"])
     client = MlflowClient(uri)
-    experiment_id = ensure_experiment(client, "tlbench")
-    parent = open_parent_run(client, experiment_id, "sweep-y", "python -m tlbench -m seed=0,1")
-    OPEN_PARENTS[(uri, experiment_id, "sweep-y")] = parent  # as start_parent records it
+    experiment_id = client.get_experiment_by_name("tlbench").experiment_id
+    assert OPEN_PARENTS[(uri, experiment_id, sweep_id)] == parent
     queries: list[str] = []
     search = MlflowClient.search_runs
     monkeypatch.setattr(MlflowClient, "search_runs", lambda self, *args, **kwargs: (
         queries.append(str(args) + str(kwargs)), search(self, *args, **kwargs))[1])
-    with tracked_run(tiny_config(), uri, {"sweep_id": "sweep-y"}) as child:
+    with tracked_run(tiny_config(), uri, {"sweep_id": sweep_id}) as child:
         pass
     assert client.get_run(child).data.tags[PARENT] == parent
     assert not [query for query in queries if "sweep_id" in query]
     monkeypatch.setattr(SweepCallback, "parent", (uri, parent))
     monkeypatch.setattr(SweepCallback, "folder", tmp_path)
     SweepCallback.end_parent(completed=True)
-    assert (uri, experiment_id, "sweep-y") not in OPEN_PARENTS
+    assert (uri, experiment_id, sweep_id) not in OPEN_PARENTS
     assert client.get_run(parent).info.status == "FINISHED"

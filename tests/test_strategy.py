@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 
 from tlbench.train import count_params, fit
 
-from .conftest import assert_trained_alike, build_run, strategy_model
+from .conftest import assert_trained_alike, backend_or_skip, build_run, strategy_model
 
 
 def trainable_after_setup(plan) -> int:
@@ -150,3 +154,46 @@ def test_partial_finetune_on_models_compiled_by_an_earlier_run_trains_as_a_cold_
             np.testing.assert_array_equal(warm_value, cold_value)
     assert_trained_alike(warm, cold)
     assert warm.metrics["first_epoch_seconds"] < cold.metrics["first_epoch_seconds"]
+
+
+HEAD_MASKS = """
+import sys
+import numpy as np
+import torch
+from tlbench import runtime
+from tlbench.config import DenseHeadConfig
+from tlbench.strategy.base import head_layers
+
+def trained_outputs(draws: int) -> np.ndarray:
+    runtime.set_random_seed(4)
+    head = head_layers(3, DenseHeadConfig(name="dense", units=0, dropout=0.5, standardize=False))
+    torch.rand(draws)  # anything else drawing from torch's global generator in between
+    return np.asarray(head(np.ones((8, 16), "float32"), training=True).cpu().detach())
+
+print(bool(np.array_equal(trained_outputs(0), trained_outputs(1000))))
+"""
+
+
+def test_head_dropout_follows_the_run_seed_on_pytorch():
+    """Keras on PyTorch draws an unseeded Dropout's masks from torch's global generator: the
+    head's dropout is seeded, so its masks depend on the run's seed alone."""
+    backend_or_skip("torch")
+    env = os.environ | {"KERAS_BACKEND": "torch"}
+    out = subprocess.run([sys.executable, "-c", HEAD_MASKS], env=env, text=True,
+                         capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "True"
+
+
+def test_head_dropout_seed_is_the_one_keras_would_draw():
+    """On TensorFlow and JAX the explicit seed changes nothing: it is the draw Keras makes for
+    an unseeded layer, from the state the run's seed set."""
+    from tlbench import runtime
+    from tlbench.strategy.layers import dropout
+
+    runtime.set_random_seed(7)
+    seeded = dropout(0.2, name="seeded")
+    runtime.set_random_seed(7)
+    unseeded = keras.layers.Dropout(0.2)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(seeded.seed_generator.state),
+                                  keras.ops.convert_to_numpy(unseeded.seed_generator.state))

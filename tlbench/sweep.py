@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from importlib.resources import files
@@ -40,6 +41,19 @@ JOBS_FILE = "tlbench_jobs.jsonl"
 LAUNCH = '{"launch":'  # how a launch line starts
 NOTE = "mlflow.note.content"  # a run's description in MLflow's UI
 NOT_IDENTITY = ("tracking.", "dry_run", "trainer.verbose", "hydra.", "hydra/")
+
+
+@functools.cache
+def launch_tag() -> str:
+    """`<pid>-<4 hex>`: this launching process's mark on its sweep folder, so two sweeps started
+    in the same second (a script, a job array) never share `multirun/<date>/<HH-MM-SS>`."""
+    return f"{os.getpid()}-{secrets.token_hex(2)}"
+
+
+# conf/config.yaml's hydra.sweep.dir; cached like Hydra's `now`, so every job (and joblib's
+# workers, which receive the launcher's resolved values) sees the launcher's tag.
+OmegaConf.register_new_resolver("tlbench_launch", lambda: launch_tag(), use_cache=True,
+                                replace=True)
 
 
 def register_sweeps() -> None:

@@ -235,5 +235,5 @@ def unfreeze_all(base) -> Callable[[], None]:
     return action
 
 
-__all__ = ["Phase", "Plan", "Route", "Strategy", "augmentation", "cached_route", "freeze",
-           "head_layers", "unfreeze_all", "with_head"]
+__all__ = ["Phase", "Plan", "Route", "Strategy", "augmentation", "cached_route",
+           "freeze", "head_layers", "unfreeze_all", "with_head"]

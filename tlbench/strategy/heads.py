@@ -33,14 +33,14 @@ def dense_layers(n_classes: int, head: DenseHeadConfig):
     Dense(units, relu), dropout, softmax."""
     import keras
 
-    from tlbench.strategy.layers import Standardize
+    from tlbench.strategy.layers import Standardize, dropout
 
     layers = [Standardize(name=STANDARDIZE)] if head.standardize else []
     layers += (
         [keras.layers.Dense(head.units, activation="relu", name="head_dense")] if head.units else []
     )
     layers += [
-        keras.layers.Dropout(head.dropout, name="head_dropout"),
+        dropout(head.dropout, name="head_dropout"),
         keras.layers.Dense(n_classes, activation="softmax", name="head_softmax", dtype="float32"),
     ]  # float32 probabilities under mixed precision
     return keras.Sequential(layers, name="head")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import keras
 import numpy as np
 
@@ -30,3 +32,11 @@ class Standardize(keras.layers.Layer):
         self.mean.assign(values.mean(axis=0).astype(np.float32))
         self.inverse_std.assign(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1.0)
                                 .astype(np.float32))
+
+
+def dropout(rate: float, name: str):
+    """Dropout whose masks follow the run's seed on every backend. Its seed is the draw Keras
+    makes for an unseeded layer (from Python's `random`, which `runtime.set_random_seed` set
+    from the run's seed), so TensorFlow and JAX train as before; made explicit because Keras on
+    PyTorch draws an unseeded Dropout's masks from torch's global generator instead."""
+    return keras.layers.Dropout(rate, seed=random.randint(1, int(1e9)), name=name)
