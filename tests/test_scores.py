@@ -2,7 +2,7 @@
 agreement with the authors' code (tests/data/score_reference.json), the ranking of synthetic
 backbones of known quality, and one-line errors for bad inputs.
 
-`python tests/test_scores.py` prints the ranking figures quoted in the README.
+`python tests/test_scores.py` prints the ranking figures quoted in docs/rank.md.
 """
 
 from __future__ import annotations
