@@ -293,6 +293,17 @@ def test_backbones_command_prints_the_table(capsys):
     assert "32: block5_conv1" in lines[2] and "vgg16_weights_tf_dim_ordering" in lines[2]
 
 
+def test_backbones_command_counts_nasnet_large_at_its_default_size(capsys):
+    """NASNet picks its cropping layers from the size it is built at, so its cost at 331 px is
+    traced on a network built at 331 px: 23.8 G multiply-adds, as the NASNet paper reports
+    (Zoph et al. 2018, Table 2: NASNet-A (6 @ 4032), 23.8B)."""
+    from tlbench.backbones_cli import main
+
+    assert main(["--only", "nasnetlarge"]) == 0
+    cells = capsys.readouterr().out.splitlines()[2].split(" | ")
+    assert cells[0] == "| nasnetlarge" and round(float(cells[3]), 1) == 23.8 and cells[5] == "331"
+
+
 def test_backbones_command_unknown_name_is_one_line():
     from tlbench.backbones_cli import main
 

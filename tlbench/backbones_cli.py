@@ -3,7 +3,8 @@
 Family, parameters, minimum and default input size, preprocessing, the first layer of each stage
 (derived from the network: tlbench/backbone/stages.py), the ImageNet file Keras looks for and
 whether it is in the Keras cache. Each network is built once, with random weights, at its minimum
-input size (a few minutes for all of them on 2 cores; --only picks some).
+input size (NASNet again at its default size, for the multiply-adds there); a few minutes for all
+of them on 2 cores; --only picks some.
 """
 
 from __future__ import annotations
@@ -40,11 +41,22 @@ def row(spec: BackboneSpec) -> tuple[str, ...]:
     if spec.has_weights:
         cached = "yes" if imagenet_path(spec, spec.default_input_size).is_file() else "no"
     return (spec.name, spec.family, f"{model.count_params() / 1e6:.1f}M",
-            f"{multiply_adds(model, spec.default_input_size) / 1e9:.2f}",
+            f"{default_multiply_adds(spec, model) / 1e9:.2f}",
             str(spec.min_input_size), str(spec.default_input_size), spec.preprocessing,
             first_layers(model, spec) if spec.stages else "(no stages)",
             spec.imagenet_file(spec.default_input_size) if spec.has_weights else "",
             cached, f"{seconds:.1f}")
+
+
+def default_multiply_adds(spec: BackboneSpec, model) -> int:
+    """Multiply-adds at the default input size, traced on the model built at its minimum size,
+    or on one built at the default size where the graph depends on the size it was built at
+    (NASNet chooses its cropping layers from it)."""
+    try:
+        return multiply_adds(model, spec.default_input_size)
+    except ValueError:
+        built = build_base(spec, spec.default_input_size, None, None)
+        return multiply_adds(built, spec.default_input_size)
 
 
 def markdown(rows: list[tuple[str, ...]]) -> str:
