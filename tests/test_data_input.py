@@ -24,6 +24,17 @@ def ragged_npz(path):
              y_test=np.array([0, 1]))
 
 
+def assert_refused_with_a_failed_run(tmp_path, path, fragments) -> None:
+    """A run on the npz at `path` ends in one line naming data.path (with `fragments`), a
+    non-zero exit and a FAILED run whose error tag says the first fragment."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = tlbench(*PIXELS, f"data.path={path}", cwd=tmp_path, uri=uri)
+    assert_one_line_error(result, *fragments)
+    assert result.stderr.strip().splitlines()[-1].startswith(f"tlbench: error: data.path={path}")
+    (run,) = runs_of(uri)
+    assert run.info.status == "FAILED" and fragments[0] in run.data.tags["error"]
+
+
 @pytest.mark.parametrize(("write", "fragments"), [
     (lambda path: np.save(path, np.zeros((4, 8, 8), np.uint8)),
      ["a single .npy array, not an .npz archive", "np.savez(path, x_train="]),
@@ -34,12 +45,7 @@ def test_wrong_array_files_are_one_line_and_a_failed_run(tmp_path, write, fragme
     path = tmp_path / "data.npy"
     write(path)
     path = path if path.exists() else tmp_path / "data.npy.npz"  # np.savez appends .npz
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = tlbench(*PIXELS, f"data.path={path}", cwd=tmp_path, uri=uri)
-    assert_one_line_error(result, *fragments)
-    assert result.stderr.strip().splitlines()[-1].startswith(f"tlbench: error: data.path={path}")
-    (run,) = runs_of(uri)
-    assert run.info.status == "FAILED" and fragments[0] in run.data.tags["error"]
+    assert_refused_with_a_failed_run(tmp_path, path, fragments)
 
 
 def test_log_lines_name_the_decode_size_and_the_size_the_backbone_sees(tmp_path, tiny_config,
@@ -101,12 +107,7 @@ def test_npz_values_that_would_train_at_chance_are_one_line_and_a_failed_run(tmp
     x_test, y_test = change(*two_class_arrays(rng, 10))
     path = tmp_path / "mine.npz"
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = tlbench(*PIXELS, f"data.path={path}", cwd=tmp_path, uri=uri)
-    assert_one_line_error(result, *fragments)
-    assert result.stderr.strip().splitlines()[-1].startswith(f"tlbench: error: data.path={path}")
-    (run,) = runs_of(uri)
-    assert run.info.status == "FAILED" and fragments[0] in run.data.tags["error"]
+    assert_refused_with_a_failed_run(tmp_path, path, fragments)
 
 
 def test_npz_with_one_hot_labels_and_no_test_arrays_runs_on_a_carved_test_split(tmp_path):
