@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tlbench.rowcache import cached_rows
+from tlbench import rowcache
+from tlbench.rowcache import cached_rows, read_key, wait_for_syncs, write_key
 from tlbench.server import exposure_warning
 from tlbench.store import check_tracking_store, ensure_experiment, redact
 from tlbench.sweep import eta_seconds, read_jobs, summary
@@ -90,6 +91,71 @@ def test_corrupt_done_mask_rebuilds_the_entry(tmp_path, damage):
     asked: list[int] = []
     rows, computed, _ = cached_rows(folder, KEY, np.array([1, 3]), 10, squares(asked))
     assert rows.read([1, 3]).tolist() == expected([1, 3]) and computed == 2
+
+
+needs_boot_id = pytest.mark.skipif(rowcache.boot_id() is None,
+                                   reason="no boot id here: rows are synced before marked done")
+
+
+@needs_boot_id
+def test_a_fill_is_served_before_its_rows_reach_the_disk_then_unmarked(tmp_path):
+    folder = tmp_path / "e"
+    filled_entry(folder)
+    mark = read_key(folder).get("unsynced")
+    wait_for_syncs()
+    assert mark is None or mark["boot_id"] == rowcache.boot_id()  # the sync may be done already
+    assert "unsynced" not in read_key(folder)
+
+
+@needs_boot_id
+@pytest.mark.parametrize(("host", "rebuilt"), [(socket.gethostname(), True), ("elsewhere", False)])
+def test_rows_unsynced_when_the_machine_restarted_are_rebuilt(tmp_path, host, rebuilt):
+    folder = tmp_path / "e"
+    filled_entry(folder)
+    wait_for_syncs()
+    earlier_boot = {"host": host, "boot_id": "an-earlier-boot", "fill": "f"}
+    write_key(folder, read_key(folder) | {"unsynced": earlier_boot})
+    asked: list[int] = []
+    rows, computed, _ = cached_rows(folder, KEY, np.arange(10), 10, squares(asked))
+    assert rows.read(np.arange(10)).tolist() == expected(range(10))
+    assert computed == (10 if rebuilt else 0)
+
+
+@needs_boot_id
+def test_a_failed_background_sync_drops_the_mask(tmp_path, caplog):
+    folder = tmp_path / "e"
+    filled_entry(folder)
+    wait_for_syncs()
+    reader, writer = os.pipe()
+    failed = rowcache.SYNCS.submit(os.fsync, reader)  # a real OSError (EINVAL), as a failed sync
+    rows = rowcache.RowFile.open(folder / "rows.npy", 10)
+    with caplog.at_level("WARNING", "tlbench"):
+        rowcache.SYNCS.submit(rowcache._sync_then_unmark, folder, rows, {"fill": "f"},
+                              "feature cache", failed).result()
+    os.close(reader), os.close(writer)
+    assert "could not be written to disk" in caplog.text and not (folder / "done.npy").exists()
+    asked: list[int] = []
+    cached_rows(folder, KEY, np.arange(10), 10, squares(asked))
+    assert sorted(asked) == list(range(10))
+
+
+EXITS_AFTER_A_FILL = """
+import sys
+from pathlib import Path
+import numpy as np
+from tlbench.rowcache import cached_rows
+cached_rows(Path(sys.argv[1]), {"k": 1}, np.arange(20000), 20000,
+            lambda p: [(p, np.ones((len(p), 1024), dtype=np.float32))])
+"""
+
+
+@needs_boot_id
+def test_a_process_ending_after_a_fill_waits_for_its_rows_to_reach_the_disk(tmp_path):
+    folder = tmp_path / "e"
+    result = subprocess.run([sys.executable, "-c", EXITS_AFTER_A_FILL, str(folder)],
+                            text=True, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert read_key(folder)["row_shape"] == [1024] and "unsynced" not in read_key(folder)
 
 
 FULL_DISK = """

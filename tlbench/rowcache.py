@@ -4,9 +4,16 @@ Both caches keep their rows this way: decoded images (uint8, `tlbench.data.decod
 base's outputs (float32 or float16, `tlbench.features`). An entry is a folder holding `rows.npy`
 (a plain .npy file: `np.load(path, mmap_mode="r")` reads it), `done.npy` (which rows are
 computed) and `key.json` (what determines them). A file lock per entry makes concurrent workers
-compute a row once; rows are marked done (atomically) only after they are on disk, so a killed
+compute a row once; rows are marked done (atomically) only after they are written, so a killed
 worker leaves nothing half-written behind, and a long fill marks its progress every
 CHECKPOINT_SECONDS so that a killed fill resumes where it stopped.
+
+Written rows outlive a killed process in the kernel's page cache, but not a crash of the machine
+before they reach the disk. So a fill does not wait for the disk: where the machine names its
+boot (Linux), the mask is saved at once with an `unsynced` mark (host and boot id) in key.json,
+a background thread syncs the rows and then removes the mark (the process waits for it at
+exit), and an entry still marked by an earlier boot of this host is rebuilt. Elsewhere the rows
+are synced before they are marked done.
 
 Rows are read and written with positioned I/O (pread/pwrite), not through a memory map: the
 pages stay in the kernel's page cache instead of the process's resident memory (a map counts
@@ -20,7 +27,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -230,12 +239,16 @@ def _entry_state(folder: Path, n_rows: int, dtype) -> tuple[np.ndarray, RowFile 
     rows = RowFile.open(folder / "rows.npy", n_rows)
     done = np.zeros(n_rows, dtype=bool)
     try:
-        recorded = json.loads((folder / "key.json").read_text()).get("row_shape")
         saved = np.load(folder / "done.npy")
-    except (OSError, ValueError, EOFError, AttributeError):
+    except (OSError, ValueError, EOFError):
         return done, None
+    recorded = read_key(folder).get("row_shape")
     if recorded is None:
         log.info("cache %s: written by an older tlbench; rebuilding it once", folder)
+        return done, None
+    if lost_in_a_restart(folder):
+        log.warning("cache %s: its rows were not yet on disk when this machine restarted; "
+                    "rebuilding the entry", folder)
         return done, None
     if rows is None or tuple(recorded) != rows.row_shape or rows.dtype != np.dtype(dtype) \
             or saved.shape != done.shape or saved.dtype != bool:
@@ -248,32 +261,35 @@ def _entry_state(folder: Path, n_rows: int, dtype) -> tuple[np.ndarray, RowFile 
 
 def _fill(folder: Path, key: dict, rows: RowFile | None, done: np.ndarray, missing: np.ndarray,
           compute: Compute, dtype, what: str) -> tuple[RowFile, int]:
-    """Compute the missing rows chunk by chunk into the entry, marking them done as they reach
-    the disk; an entry whose done rows have another shape is rebuilt, those rows computed anew."""
+    """Compute the missing rows chunk by chunk into the entry, marking them done once written
+    (synced in the background); an entry whose done rows have another shape is rebuilt, those
+    rows computed anew."""
     started = last_mark = time.perf_counter()
     computed = 0
     if rows is not None:
         check_free_space(folder, len(missing) * rows.row_bytes, what)
-    with Flusher() as flusher:
-        for chunk, values in compute(missing):
-            if rows is None or rows.row_shape != values.shape[1:]:
-                if rows is not None and done.any():
-                    log.warning("%s %s: rows of another shape; rebuilding", what, folder)
-                    return _fill(folder, key, None, np.zeros_like(done),
-                                 np.union1d(missing, np.flatnonzero(done)), compute, dtype, what)
-                (folder / "done.npy").unlink(missing_ok=True)  # never a mask without its rows
-                rows = RowFile.create(folder / "rows.npy", len(done), values.shape[1:], dtype)
-                check_free_space(folder, len(missing) * rows.row_bytes, what)
-            rows.write(chunk, values)
-            flusher.wrote(rows, len(chunk) * rows.row_bytes)
-            done[chunk] = True
-            computed += len(chunk)
-            if time.perf_counter() - last_mark > CHECKPOINT_SECONDS:
-                _mark_done(folder, key, rows, done, started, computed)
-                last_mark = time.perf_counter()
+    flusher = Flusher()
+    for chunk, values in compute(missing):
+        if rows is None or rows.row_shape != values.shape[1:]:
+            if rows is not None and done.any():
+                log.warning("%s %s: rows of another shape; rebuilding", what, folder)
+                return _fill(folder, key, None, np.zeros_like(done),
+                             np.union1d(missing, np.flatnonzero(done)), compute, dtype, what)
+            (folder / "done.npy").unlink(missing_ok=True)  # never a mask without its rows
+            rows = RowFile.create(folder / "rows.npy", len(done), values.shape[1:], dtype)
+            check_free_space(folder, len(missing) * rows.row_bytes, what)
+        rows.write(chunk, values)
+        flusher.wrote(rows, len(chunk) * rows.row_bytes)
+        done[chunk] = True
+        computed += len(chunk)
+        if time.perf_counter() - last_mark > CHECKPOINT_SECONDS:
+            _mark_done(folder, key, rows, done, started, computed, flusher.pending)
+            last_mark = time.perf_counter()
     if not done[missing].all():
         raise RuntimeError(f"{what} {folder}: the computation skipped rows it was asked for")
-    _mark_done(folder, key, rows, done, started, computed)
+    mark = _mark_done(folder, key, rows, done, started, computed, flusher.pending)
+    if mark is not None:
+        SYNCS.submit(_sync_then_unmark, folder, rows, mark, what, flusher.pending)
     return rows, computed
 
 
@@ -282,13 +298,11 @@ FLUSH_BYTES = 64 * 2**20
 
 
 class Flusher:
-    """Syncs a row file in a background thread as a fill writes it (every FLUSH_BYTES), so the
-    disk writes while rows are computed and the sync that marks them done waits for little (a
-    fill of 2,000 images at 224 px waited about 2 s for one sync at its end); a failed sync
-    raises when the fill ends."""
+    """Syncs a row file in the background as a fill writes it (every FLUSH_BYTES), so the disk
+    writes while rows are computed; a failed sync raises at the next one or when the rows are
+    marked done."""
 
     def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tlbench-flush")
         self.pending: Future | None = None
         self.unflushed = 0
 
@@ -298,15 +312,7 @@ class Flusher:
         if self.unflushed >= FLUSH_BYTES and (self.pending is None or self.pending.done()):
             if self.pending is not None:
                 self.pending.result()  # a failed sync (a full disk) raises here
-            self.pending, self.unflushed = self.pool.submit(rows.sync), 0
-
-    def __enter__(self) -> Flusher:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.pool.shutdown(wait=True)
-        if self.pending is not None and exc[0] is None:
-            self.pending.result()
+            self.pending, self.unflushed = SYNCS.submit(rows.sync), 0
 
 
 def check_free_space(folder: Path, needed: int, what: str) -> None:
@@ -320,14 +326,98 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
 
 
 def _mark_done(folder: Path, key: dict, rows: RowFile, done: np.ndarray, started: float,
-               computed: int) -> None:
-    """Sync the rows, then record the key (with the row shape and seconds per row) and save the
-    done mask atomically."""
-    rows.sync()
+               computed: int, earlier: Future | None) -> dict | None:
+    """Record the key (with the row shape, seconds per row and, where the rows are not synced
+    yet, the `unsynced` mark) and save the done mask atomically. Returns the mark, or None where
+    the rows were synced first (no boot id; `earlier`, a background sync, must have succeeded)."""
+    mark = unsynced_mark()
+    if mark is None:
+        if earlier is not None:
+            earlier.result()
+        rows.sync()
     rate = (time.perf_counter() - started) / max(computed, 1)
     recorded = key | {"row_shape": list(rows.row_shape), "seconds_per_row": rate}
-    (folder / "key.json").write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    write_key(folder, recorded | ({"unsynced": mark} if mark else {}))
     atomic_save(folder / "done.npy", done)
+    return mark
+
+
+SYNCS = ThreadPoolExecutor(1, thread_name_prefix="tlbench-sync")
+"""Syncs filled entries in the background; its thread is joined at interpreter exit."""
+
+
+def _sync_then_unmark(folder: Path, rows: RowFile, mark: dict, what: str,
+                      earlier: Future | None) -> None:
+    """Sync the rows, then remove the entry's `unsynced` mark if it is still this fill's; if
+    this sync or an `earlier` one of the fill failed, drop the done mask so the entry is
+    rebuilt."""
+    try:
+        if earlier is not None:
+            earlier.result()
+        rows.sync()
+    except OSError as exc:
+        log.warning("%s %s: the rows could not be written to disk (%s); the entry will be "
+                    "rebuilt", what, folder, exc.strerror or exc)
+        with FileLock(str(folder) + ".lock"):
+            (folder / "done.npy").unlink(missing_ok=True)
+        return
+    with FileLock(str(folder) + ".lock"):
+        recorded = read_key(folder)
+        if recorded.get("unsynced") == mark:
+            del recorded["unsynced"]
+            write_key(folder, recorded)
+
+
+def wait_for_syncs() -> None:
+    """Block until every background sync submitted so far has finished."""
+    SYNCS.submit(lambda: None).result()
+
+
+def boot_id() -> str | None:
+    """The running kernel's boot id (changes at every restart); None where there is none."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def unsynced_mark() -> dict | None:
+    """What marks rows written but not yet synced: this host, its boot and a fill id; None
+    where the boot cannot be named (the rows are then synced before they are marked done)."""
+    boot = boot_id()
+    return None if boot is None else {"host": socket.gethostname(), "boot_id": boot,
+                                      "fill": uuid.uuid4().hex}
+
+
+def lost_in_a_restart(folder: Path) -> bool:
+    """Whether the entry's rows were marked done on this host in an earlier boot and never
+    synced (a crash of the machine may have lost them). Another host's mark is trusted: its
+    writes reached the shared file system when its file was closed."""
+    mark = read_key(folder).get("unsynced")
+    return bool(mark) and mark.get("host") == socket.gethostname() and \
+        mark.get("boot_id") != boot_id()
+
+
+def read_key(folder: Path) -> dict:
+    """The entry's key.json ({} when missing or unreadable)."""
+    try:
+        recorded = json.loads((folder / "key.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def write_key(folder: Path, recorded: dict) -> None:
+    """Write key.json through a synced temporary file and os.replace."""
+    temporary = folder / f"tmp-{os.getpid()}-key.json"
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, folder / "key.json")
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def atomic_save(path: Path, array: np.ndarray) -> None:
@@ -347,8 +437,8 @@ def atomic_save(path: Path, array: np.ndarray) -> None:
 def seconds_per_row(folder: Path) -> float:
     """What computing one row of an entry took when it was filled (0 if not recorded)."""
     try:
-        return float(json.loads((folder / "key.json").read_text()).get("seconds_per_row", 0.0))
-    except (OSError, ValueError):
+        return float(read_key(folder).get("seconds_per_row", 0.0))
+    except (TypeError, ValueError):
         return 0.0
 
 
