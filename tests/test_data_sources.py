@@ -448,6 +448,42 @@ def test_npz_keeps_its_test_split_and_class_names(tmp_path):
     assert dataset.x_train.shape == (9, 32, 32, 3) and len(dataset.y_test) == 9
 
 
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+@pytest.mark.parametrize("x_train", [
+    np.random.default_rng(1).integers(0, 256, (50, 6, 7, 3), np.uint8),
+    np.random.default_rng(2).uniform(0, 255, (50, 6, 7, 4)).astype(np.float32),
+    np.random.default_rng(3).integers(0, 256, (50, 6, 7, 1), np.int64)])
+def test_npz_images_are_read_from_the_file_as_needed(tmp_path, caplog, monkeypatch, save,
+                                                     x_train):
+    """Uncompressed arrays are read by position from the file (none is loaded, so memory does
+    not grow with them); compressed ones are loaded, said with their size; either way the
+    served pixels are the arrays' (grey repeated, alpha dropped, cast to uint8), and the values
+    are checked a chunk at a time."""
+    from tlbench.data import npz
+    from tlbench.data.source import resize
+    from tlbench.rowcache import RowFile
+
+    monkeypatch.setattr(npz, "CHECK_CHUNK", 7)
+    path = tmp_path / "mine.npz"
+    x_test = x_train[:9].copy()
+    save(path, x_train=x_train, y_train=np.arange(50) % 2, x_test=x_test, y_test=np.arange(9) % 2)
+    with caplog.at_level(logging.INFO, logger="tlbench"):
+        source = load_npz_images(data_config("npz", path=str(path), input_size=6))
+    stored = [isinstance(part, RowFile) for part in source.images.pixels.parts]
+    assert stored == [save is np.savez] * 2
+    assert ("is stored compressed" in caplog.text) == (save is np.savez_compressed)
+    served = np.concatenate([x_train, x_test])[..., :3].astype(np.uint8)
+    served = np.repeat(served, 3, axis=-1) if served.shape[-1] == 1 else served
+    some = np.array([58, 0, 49, 50, 3, 3])
+    np.testing.assert_array_equal(source.images[some], resize(served[some].astype(np.float32), 6))
+    x_train = x_train.astype(np.float32)
+    x_train[23, 0, 0, 0] = np.nan
+    save(path, x_train=x_train, y_train=np.arange(50) % 2)
+    with pytest.raises(TlbenchError, match=r"NaN or inf pixels in 1 images \(the first is image "
+                                           r"23\)"):
+        load_npz_images(data_config("npz", path=str(path)))
+
+
 @pytest.mark.parametrize(("arrays", "message"), [
     ({"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(4, int), "x_test": np.zeros((2, 8, 8))},
      "missing arrays y_test .it has x_train, y_train, x_test.; it needs x_train, y_train and "
