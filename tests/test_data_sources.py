@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import subprocess
@@ -316,6 +317,89 @@ def test_tfds_prepared_dataset_loads_offline(tmp_path):
     assert np.allclose(images[source.labels == 1].mean(), 210, atol=1)
 
 
+
+
+@functools.cache
+def mixed_shapes_builder():
+    """A real TFDS builder class (registered once): 30 train and 7 test images of random sizes
+    (some below 32 px), grey PNGs in `image` and RGB JPEGs in `photo`, labels by parity."""
+    import tensorflow_datasets as tfds
+
+    class TlbenchMixedShapes(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 1)),
+                "photo": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "label": tfds.features.ClassLabel(names=["even", "odd"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(30, 0),
+                    "test": self._generate_examples(7, 1)}
+
+        def _generate_examples(self, n, offset):
+            rng = np.random.default_rng(offset)
+            for i in range(n):
+                height, width = rng.integers(20, 60, 2)
+                yield f"{offset}-{i}", {
+                    "image": rng.integers(0, 256, (height, width, 1), np.uint8),
+                    "photo": rng.integers(0, 256, (width, height, 3), np.uint8),
+                    "label": i % 2}
+
+    return TlbenchMixedShapes
+
+
+def eager_pixels(builder, key, size):
+    """What data=tfds held before it was lazy: every image of train then test decoded by TFDS,
+    made RGB, resized to the source size and rounded to uint8, in TFDS' order."""
+    import tensorflow_datasets as tfds
+
+    from tlbench.data.source import resize
+
+    images = []
+    for split in ("train", "test"):
+        for example in tfds.as_numpy(builder.as_dataset(split=split)):
+            image = example[key]
+            image = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+            images.append(resize(image[None], size)[0].round().astype(np.uint8))
+    return np.stack(images)
+
+
+def test_tfds_images_are_decoded_only_when_served_as_the_eager_loader_decoded_them(
+        tmp_path, monkeypatch):
+    """Loading reads labels and encoded bytes only; the images served by position (from 3
+    shards, in TFDS' interleaved order) and the decoded-image cache filled from them are the
+    pixels the loader held in memory before."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tlbench.data.source import resize, to_uint8
+
+    builder = mixed_shapes_builder()(data_dir=str(tmp_path / "tfds"))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=3))
+    decodes = []
+    image_decode = tfds.features.Image.decode_example
+    monkeypatch.setattr(tfds.features.Image, "decode_example",
+                        lambda feature, example: decodes.append(1) or image_decode(feature,
+                                                                                   example))
+    some = np.array([36, 0, 17, 5, 17])
+    for key in ("image", "photo"):
+        cfg = data_config("tfds", dataset="tlbench_mixed_shapes", data_dir=str(tmp_path / "tfds"),
+                          image_key=key, input_size=32)
+        source = load_tfds_images(cfg)
+        assert not decodes  # TFDS' image decoder is not even traced while loading
+        assert len(source.images) == 37 and source.given_test.tolist() == list(range(30, 37))
+        expected = eager_pixels(builder, key, 32)
+        decodes.clear()
+        np.testing.assert_array_equal(source.images[some], expected[some])
+        assert decodes
+        decodes.clear()
+        assert source.fingerprint() == load_tfds_images(cfg).fingerprint()
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cache"))
+    dataset = load_dataset(cfg, input_size=24, seed=0)
+    splits = split_indices(source, cfg, seed=0)
+    for rows, positions in ((dataset.x_train, splits.train), (dataset.x_test, splits.test)):
+        np.testing.assert_array_equal(rows.load(), to_uint8(resize(expected[positions], 24)))
+
 # --- synthetic -----------------------------------------------------------------------------------
 
 def test_synthetic_is_deterministic_lazy_and_balanced():
@@ -362,6 +446,42 @@ def test_npz_keeps_its_test_split_and_class_names(tmp_path):
         list(range(30, 39))
     dataset = load_dataset(cfg, input_size=32, seed=0)
     assert dataset.x_train.shape == (9, 32, 32, 3) and len(dataset.y_test) == 9
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+@pytest.mark.parametrize("x_train", [
+    np.random.default_rng(1).integers(0, 256, (50, 6, 7, 3), np.uint8),
+    np.random.default_rng(2).uniform(0, 255, (50, 6, 7, 4)).astype(np.float32),
+    np.random.default_rng(3).integers(0, 256, (50, 6, 7, 1), np.int64)])
+def test_npz_images_are_read_from_the_file_as_needed(tmp_path, caplog, monkeypatch, save,
+                                                     x_train):
+    """Uncompressed arrays are read by position from the file (none is loaded, so memory does
+    not grow with them); compressed ones are loaded, said with their size; either way the
+    served pixels are the arrays' (grey repeated, alpha dropped, cast to uint8), and the values
+    are checked a chunk at a time."""
+    from tlbench.data import npz
+    from tlbench.data.source import resize
+    from tlbench.rowcache import RowFile
+
+    monkeypatch.setattr(npz, "CHECK_CHUNK", 7)
+    path = tmp_path / "mine.npz"
+    x_test = x_train[:9].copy()
+    save(path, x_train=x_train, y_train=np.arange(50) % 2, x_test=x_test, y_test=np.arange(9) % 2)
+    with caplog.at_level(logging.INFO, logger="tlbench"):
+        source = load_npz_images(data_config("npz", path=str(path), input_size=6))
+    stored = [isinstance(part, RowFile) for part in source.images.pixels.parts]
+    assert stored == [save is np.savez] * 2
+    assert ("is stored compressed" in caplog.text) == (save is np.savez_compressed)
+    served = np.concatenate([x_train, x_test])[..., :3].astype(np.uint8)
+    served = np.repeat(served, 3, axis=-1) if served.shape[-1] == 1 else served
+    some = np.array([58, 0, 49, 50, 3, 3])
+    np.testing.assert_array_equal(source.images[some], resize(served[some].astype(np.float32), 6))
+    x_train = x_train.astype(np.float32)
+    x_train[23, 0, 0, 0] = np.nan
+    save(path, x_train=x_train, y_train=np.arange(50) % 2)
+    with pytest.raises(TlbenchError, match=r"NaN or inf pixels in 1 images \(the first is image "
+                                           r"23\)"):
+        load_npz_images(data_config("npz", path=str(path)))
 
 
 @pytest.mark.parametrize(("arrays", "message"), [

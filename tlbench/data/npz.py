@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from tlbench.data.source import (
 )
 from tlbench.errors import TlbenchError, check
 from tlbench.paths import sha256_of
+from tlbench.rowcache import RowFile
 
 log = logging.getLogger("tlbench")
 
@@ -46,38 +50,129 @@ TEST_KEYS = ("x_test", "y_test")
 PIXEL_RANGE = "tlbench expects pixels in 0..255 (uint8 range)"
 
 
-def _rgb_uint8(x: np.ndarray, key: str, path: str) -> np.ndarray:
-    """(N, H, W), (N, H, W, 1|3|4) pixels in [0, 255] as uint8 grey or RGB (alpha dropped)."""
-    if x.ndim == 4 and x.shape[-1] in (1, 3, 4):
+class StoredPixels:
+    """x_train then x_test as one (N, H, W) grey or (N, H, W, 3) RGB uint8 array, read by
+    position: rows of uncompressed members straight from the file (`RowFile`), compressed ones
+    from memory; (N, H, W, 1) read as grey, alpha dropped, values cast to uint8 (as np.astype
+    casts: floats truncated)."""
+
+    def __init__(self, parts: list[RowFile | np.ndarray]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0] + [_shape(part)[0] for part in parts])
+        self.shape = (int(self.starts[-1]), *_image_shape(_shape(parts[0])))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, positions) -> np.ndarray:
+        positions = np.atleast_1d(np.asarray(positions, np.int64))
+        out = np.empty((len(positions), *self.shape[1:]), np.uint8)
+        part_of = np.searchsorted(self.starts, positions, side="right") - 1
+        for i, part in enumerate(self.parts):
+            mine = np.flatnonzero(part_of == i)
+            if len(mine):
+                out[mine] = _channels(_rows(part, positions[mine] - self.starts[i]))
+        return out
+
+
+def _shape(part: RowFile | np.ndarray) -> tuple[int, ...]:
+    """The whole array's shape, rows first."""
+    return (part.n_rows, *part.row_shape) if isinstance(part, RowFile) else part.shape
+
+
+def _rows(part: RowFile | np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The rows of an array at `positions`, read from the file or memory."""
+    return part.read(positions) if isinstance(part, RowFile) else part[positions]
+
+
+def _image_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(H, W) or (H, W, 3) of one image as served, from the stored array's shape."""
+    return shape[1:3] if len(shape) == 3 or shape[-1] == 1 else (*shape[1:3], 3)
+
+
+def _channels(x: np.ndarray) -> np.ndarray:
+    """(n, H, W, 1) as grey (n, H, W), (n, H, W, 4) without alpha."""
+    if x.ndim == 4:
         x = x[..., 0] if x.shape[-1] == 1 else x[..., :3]
-    elif x.ndim != 3:
-        raise TlbenchError(f"data.path={path}: {key} has shape {x.shape}; expected (N, H, W) or "
+    return x
+
+
+def _check_shape(shape: tuple[int, ...], key: str, path: str) -> None:
+    """(N, H, W) or (N, H, W, C) with C 1, 3 or 4, else one line naming the shape."""
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3, 4))):
+        raise TlbenchError(f"data.path={path}: {key} has shape {shape}; expected (N, H, W) or "
                            "(N, H, W, C) with C 1, 3 or 4.")
-    _check_pixel_values(x, key, path)
-    return x.astype(np.uint8)
 
 
-def _check_pixel_values(x: np.ndarray, key: str, path: str) -> None:
+CHECK_CHUNK = 1024  # images whose values are checked together: bounds the memory of the checks
+
+
+def _check_pixel_values(part: RowFile | np.ndarray, key: str, path: str) -> None:
     """Refuse NaN/inf pixels (naming the first bad image), pixels outside [0, 255] (mean-subtracted
-    or standardised) and float pixels scaled to [0, 1]: each would train at chance, silently."""
-    if not x.size or not np.issubdtype(x.dtype, np.number):
+    or standardised) and float pixels scaled to [0, 1]: each would train at chance, silently.
+    The images are read CHECK_CHUNK at a time, so memory stays flat in the array's size."""
+    shape, dtype = _shape(part), part.dtype
+    if not np.prod(shape) or not np.issubdtype(dtype, np.number):
         return
-    if np.issubdtype(x.dtype, np.floating):
-        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
-        if not finite.all():
-            raise TlbenchError(
-                f"data.path={path}: {key} has NaN or inf pixels in {np.sum(~finite)} images "
-                f"(the first is image {np.argmin(finite)}); {PIXEL_RANGE}: fix or drop them.")
-    low, high = x.min(), x.max()
+    bad, first, low, high = 0, None, np.inf, -np.inf
+    for start in range(0, shape[0], CHECK_CHUNK):
+        x = _channels(_rows(part, np.arange(start, min(start + CHECK_CHUNK, shape[0]))))
+        if np.issubdtype(dtype, np.floating):
+            finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+            bad += int(np.sum(~finite))
+            first = start + int(np.argmin(finite)) if first is None and not finite.all() \
+                else first
+            x = x[finite]
+        if x.size:
+            low, high = min(low, x.min()), max(high, x.max())
+    if bad:
+        raise TlbenchError(
+            f"data.path={path}: {key} has NaN or inf pixels in {bad} images "
+            f"(the first is image {first}); {PIXEL_RANGE}: fix or drop them.")
     if low < 0 or high > 255:
         raise TlbenchError(
             f"data.path={path}: {key} pixels range from {low:g} to {high:g}; {PIXEL_RANGE} "
             "(undo mean subtraction or standardisation, e.g. save (x - x.min()) / (x.max() - "
             "x.min()) * 255 as uint8).")
-    if np.issubdtype(x.dtype, np.floating) and 0 < high <= 1.0:
+    if np.issubdtype(dtype, np.floating) and 0 < high <= 1.0:
         raise TlbenchError(
             f"data.path={path}: {key} pixels range from {low:g} to {high:g}, scaled to [0, 1]; "
             f"{PIXEL_RANGE}: save (x * 255).round().astype('uint8').")
+
+
+def _stored_rows(archive, key: str, path: Path) -> RowFile | None:
+    """An uncompressed, C-ordered member's rows where they lie in the file (a zip member's
+    data follows its 30-byte local header, file name and extra field, then the .npy header);
+    None for a compressed, Fortran-ordered or object member."""
+    info = archive.zip.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        shape, fortran, dtype = readers[version](handle)
+        offset = handle.tell()
+    if fortran or dtype.hasobject or not shape:
+        return None
+    return RowFile(path, offset, shape[0], tuple(shape[1:]), dtype)
+
+
+def _pixels(archive, key: str, path: str) -> RowFile | np.ndarray:
+    """x_train or x_test: read by position from the file where it is stored uncompressed
+    (np.savez), else (np.savez_compressed) read whole, with a log line giving its size."""
+    rows = _stored_rows(archive, key, Path(path).expanduser())
+    if rows is not None:
+        return rows
+    x = _read_array(archive, key, path)
+    log.info("data npz: %s is stored compressed (np.savez_compressed) or Fortran-ordered, so "
+             "its %.0f MiB are read into memory; save it with np.savez to read images from the "
+             "file as they are needed", key, x.nbytes / 2**20)
+    return x
 
 
 def _read_array(archive, key: str, path: str) -> np.ndarray:
@@ -136,8 +231,9 @@ def _label_vector(y: np.ndarray, key: str, path: str) -> np.ndarray:
     return y.argmax(axis=1)
 
 
-def _read_arrays(cfg: NpzConfig) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """The archive's arrays (x_test/y_test only if it has both) and its class_names, if any."""
+def _read_arrays(cfg: NpzConfig) -> tuple[dict[str, RowFile | np.ndarray], np.ndarray | None]:
+    """The archive's arrays (x_test/y_test only if it has both; images where they lie in the
+    file when they can be, see `_pixels`) and its class_names, if any."""
     path = Path(cfg.path).expanduser()
     try:
         archive = np.load(path, allow_pickle=False)
@@ -156,7 +252,8 @@ def _read_arrays(cfg: NpzConfig) -> tuple[dict[str, np.ndarray], np.ndarray | No
             raise TlbenchError(f"data.path={cfg.path}: missing arrays {', '.join(missing)} (it "
                                f"has {', '.join(archive.files) or 'none'}); it needs "
                                "x_train, y_train and optionally x_test, y_test (both or neither).")
-        arrays = {key: _read_array(archive, key, cfg.path) for key in wanted}
+        arrays = {key: (_pixels if key.startswith("x_") else _read_array)(archive, key, cfg.path)
+                  for key in wanted}
         names = _read_array(archive, "class_names", cfg.path) \
             if "class_names" in archive.files else None
     return arrays, names
@@ -170,25 +267,40 @@ def load_npz_images(cfg: NpzConfig) -> LabelledImages:
     if splits == ["train"]:
         log.info("data npz: no x_test/y_test; a stratified test split (data.test_fraction=%g) is "
                  "carved from x_train", cfg.test_fraction)
-    images, labels = [], []
+    parts, labels = [], []
     for split in splits:
-        x = _rgb_uint8(arrays[f"x_{split}"], f"x_{split}", cfg.path)
+        x = arrays[f"x_{split}"]
+        _check_shape(_shape(x), f"x_{split}", cfg.path)
+        _check_pixel_values(x, f"x_{split}", cfg.path)
         y = _label_vector(arrays[f"y_{split}"], f"y_{split}", cfg.path)
-        if len(x) != len(y):
-            raise TlbenchError(f"data.path={cfg.path}: x_{split} has {len(x)} images but "
+        if _shape(x)[0] != len(y):
+            raise TlbenchError(f"data.path={cfg.path}: x_{split} has {_shape(x)[0]} images but "
                                f"y_{split} has {len(y)} labels; they must match.")
-        images.append(x)
+        parts.append(x)
         labels.append(y)
-    if images[-1].shape[1:] != images[0].shape[1:]:
-        raise TlbenchError(f"data.path={cfg.path}: x_train images are {images[0].shape[1:]} but "
-                           f"x_test images are {images[-1].shape[1:]}; use one image shape.")
+    shapes = [_image_shape(_shape(part)) for part in parts]
+    if shapes[-1] != shapes[0]:
+        raise TlbenchError(f"data.path={cfg.path}: x_train images are {shapes[0]} but "
+                           f"x_test images are {shapes[-1]}; use one image shape.")
     ids, class_names = _class_ids(np.concatenate(labels), names, cfg.path)
     size = source_size(cfg)
-    if min(images[0].shape[1:3]) < size:
-        note_upscaling(f"npz {Path(cfg.path).name}", len(ids), len(ids),
-                       images[0].shape[2:0:-1], size)
-    given_test = np.arange(len(images[0]), len(ids)) if len(images) == 2 else None
-    return LabelledImages(ArrayImages(np.concatenate(images), size), ids, class_names, given_test)
+    if min(shapes[0][:2]) < size:
+        note_upscaling(f"npz {Path(cfg.path).name}", len(ids), len(ids), shapes[0][1::-1], size)
+    given_test = np.arange(_shape(parts[0])[0], len(ids)) if len(parts) == 2 else None
+    images = NpzImages(StoredPixels(parts), size, cfg.content_digest())
+    return LabelledImages(images, ids, class_names, given_test)
+
+
+class NpzImages(ArrayImages):
+    """An .npz's images, read by position (`StoredPixels`), resized to the source size."""
+
+    def __init__(self, pixels: StoredPixels, size: int, file_digest: str) -> None:
+        super().__init__(pixels, size)
+        self.file_digest = file_digest
+
+    def fingerprint(self) -> str:
+        """The .npz file's sha256, with the size its images are resized to."""
+        return hashlib.sha256(f"npz {self.size} {self.file_digest}".encode()).hexdigest()
 
 
 register("npz", NpzConfig, load_npz_images)
