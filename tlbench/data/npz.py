@@ -165,7 +165,7 @@ def _stored_rows(archive, key: str, path: Path) -> RowFile:
 
 
 FORMAT = 1  # bump when what an extracted row holds changes, so old entries are not reused
-EXTRACT_BYTES = 16 * 2**20  # bytes decompressed at a time: bounds the memory of an extraction
+EXTRACT_BYTES = 4 * 2**20  # bytes decompressed at a time: bounds the memory of an extraction
 
 
 def _extracted_rows(archive, key: str, path: str, digest: str, shape: tuple[int, ...],
