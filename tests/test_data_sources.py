@@ -455,22 +455,23 @@ def test_npz_keeps_its_test_split_and_class_names(tmp_path):
     np.random.default_rng(3).integers(0, 256, (50, 6, 7, 1), np.int64)])
 def test_npz_images_are_read_from_the_file_as_needed(tmp_path, caplog, monkeypatch, save,
                                                      x_train):
-    """Uncompressed arrays are read by position from the file (none is loaded, so memory does
-    not grow with them); compressed ones are loaded, said with their size; either way the
+    """Uncompressed arrays are read by position from the file, compressed ones from their
+    extraction in the cache (none is loaded, so memory does not grow with them); either way the
     served pixels are the arrays' (grey repeated, alpha dropped, cast to uint8), and the values
     are checked a chunk at a time."""
     from tlbench.data import npz
     from tlbench.data.source import resize
-    from tlbench.rowcache import RowFile
 
     monkeypatch.setattr(npz, "CHECK_CHUNK", 7)
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "mine.npz"
     x_test = x_train[:9].copy()
     save(path, x_train=x_train, y_train=np.arange(50) % 2, x_test=x_test, y_test=np.arange(9) % 2)
     with caplog.at_level(logging.INFO, logger="tlbench"):
         source = load_npz_images(data_config("npz", path=str(path), input_size=6))
-    stored = [isinstance(part, RowFile) for part in source.images.pixels.parts]
-    assert stored == [save is np.savez] * 2
+    files = [part.path for part in source.images.pixels.parts]
+    assert files == [path] * 2 if save is np.savez else \
+        all(file.is_relative_to(tmp_path / "cache" / "npz") for file in files)
     assert ("is stored compressed" in caplog.text) == (save is np.savez_compressed)
     served = np.concatenate([x_train, x_test])[..., :3].astype(np.uint8)
     served = np.repeat(served, 3, axis=-1) if served.shape[-1] == 1 else served
@@ -482,6 +483,129 @@ def test_npz_images_are_read_from_the_file_as_needed(tmp_path, caplog, monkeypat
     with pytest.raises(TlbenchError, match=r"NaN or inf pixels in 1 images \(the first is image "
                                            r"23\)"):
         load_npz_images(data_config("npz", path=str(path)))
+
+
+def compressed_npz(path, grey=False, seed=0):
+    """A np.savez_compressed .npz of 40 train and 11 test images, 16 px, smooth (so they
+    compress): uint8 RGB, or float grey; returns the images, train then test."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (51, 4, 4) if grey else (51, 4, 4, 3), np.uint8)
+    x = np.repeat(np.repeat(small, 4, axis=1), 4, axis=2)
+    x = (x + rng.uniform(0, 0.9, x.shape)).astype(np.float32) if grey else x
+    np.savez_compressed(path, x_train=x[:40], y_train=np.arange(40) % 4, x_test=x[40:],
+                        y_test=np.arange(11) % 4)
+    return x
+
+
+def extraction_files(cache):
+    """Each extracted member's rows.npy and done.npy, with their inode and mtime."""
+    return {file: (file.stat().st_ino, file.stat().st_mtime_ns)
+            for file in sorted((cache / "npz").glob("*/*.npy"))}
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_npz_compressed_is_extracted_once_into_the_cache_and_read_from_there(
+        tmp_path, caplog, monkeypatch, grey):
+    """A compressed .npz's images are extracted, a chunk at a time, into $TLBENCH_CACHE/npz
+    and served from there, equal to the arrays; a second load reads that extraction, writing
+    nothing."""
+    from tlbench.data import npz
+    from tlbench.rowcache import RowFile
+
+    monkeypatch.setattr(npz, "EXTRACT_BYTES", 1000)  # several chunks per member
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "mine.npz"
+    x = compressed_npz(path, grey)
+    with caplog.at_level(logging.INFO, logger="tlbench"):
+        source = load_npz_images(data_config("npz", path=str(path)))
+    parts = source.images.pixels.parts
+    assert all(isinstance(part, RowFile) for part in parts)
+    assert [part.path.parent.parent for part in parts] == [tmp_path / "cache" / "npz"] * 2
+    assert caplog.text.count("is stored compressed; extracted its") == 2
+    pixels = source.images.pixels
+    np.testing.assert_array_equal(pixels[np.arange(51)], x.astype(np.uint8))
+    extracted = extraction_files(tmp_path / "cache")
+    assert len(extracted) == 4
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tlbench"):
+        again = load_npz_images(data_config("npz", path=str(path)))
+    assert "extracted" not in caplog.text and extraction_files(tmp_path / "cache") == extracted
+    np.testing.assert_array_equal(again.images.pixels[np.arange(51)], pixels[np.arange(51)])
+
+
+@pytest.mark.parametrize("interrupt", ["rows cut short", "done mask missing"])
+def test_npz_interrupted_extraction_is_redone(tmp_path, caplog, monkeypatch, interrupt):
+    """An extraction cut short (its rows truncated, or never marked done) is never served: the
+    next load extracts the member again, and serves the arrays' pixels."""
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "mine.npz"
+    x = compressed_npz(path)
+    load_npz_images(data_config("npz", path=str(path)))
+    rows = next((tmp_path / "cache" / "npz").glob("mine-x_train-*/rows.npy"))
+    if interrupt == "rows cut short":
+        os.truncate(rows, rows.stat().st_size // 2)
+    else:
+        (rows.parent / "done.npy").unlink()
+    with caplog.at_level(logging.INFO, logger="tlbench"):
+        source = load_npz_images(data_config("npz", path=str(path)))
+    assert caplog.text.count("extracted its") == 1 and "x_train is stored compressed" in \
+        caplog.text
+    np.testing.assert_array_equal(source.images.pixels[np.arange(51)], x)
+
+
+def test_npz_damaged_compressed_member_is_one_line(tmp_path, monkeypatch):
+    """A compressed member whose bytes were damaged fails its CRC: one line naming it, and
+    nothing of it is served by a later load."""
+    monkeypatch.setenv("TLBENCH_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "mine.npz"
+    rng = np.random.default_rng(0)
+    np.savez_compressed(path, x_train=rng.integers(0, 256, (40, 16, 16, 3), np.uint8),
+                        y_train=np.arange(40) % 4)
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    for _ in range(2):
+        with pytest.raises(TlbenchError, match=r"data.path=.*mine.npz: cannot read x_train "
+                                               r"\(.*\): the file is damaged; save it again"):
+            load_npz_images(data_config("npz", path=str(path)))
+    assert not list((tmp_path / "cache" / "npz").glob("*/done.npy"))
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_fortran_ordered_is_read_whole_and_said(tmp_path, caplog, save):
+    """A Fortran-ordered member cannot be read a row at a time: it is read into memory, with a
+    line giving its size and how to save it instead."""
+    path = tmp_path / "mine.npz"
+    x = np.asfortranarray(np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3), np.uint8))
+    save(path, x_train=x, y_train=np.arange(20) % 2)
+    with caplog.at_level(logging.INFO, logger="tlbench"):
+        source = load_npz_images(data_config("npz", path=str(path)))
+    assert isinstance(source.images.pixels.parts[0], np.ndarray)
+    assert "x_train is Fortran-ordered, so its 0 MiB are read into memory; save " \
+        "np.ascontiguousarray(x_train)" in caplog.text
+    np.testing.assert_array_equal(source.images.pixels[np.arange(20)], x)
+
+
+def test_npz_parallel_loads_extract_once(tmp_path):
+    """Two processes loading one compressed .npz at once: one extracts, the other waits for it
+    (the entry's lock) and reads the same rows."""
+    path = tmp_path / "mine.npz"
+    x = compressed_npz(path)
+    code = textwrap.dedent(f"""
+        import logging, sys
+        import numpy as np
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+        from tlbench.config import group_config
+        from tlbench.data.npz import NpzConfig, load_npz_images
+        source = load_npz_images(group_config("data", "npz", NpzConfig, path={str(path)!r}))
+        print("sum", int(source.images.pixels[np.arange(51)].sum(dtype=np.int64)))
+    """)
+    env = os.environ | {"TLBENCH_CACHE": str(tmp_path / "cache")}
+    workers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                env=env) for _ in range(2)]
+    outputs = [worker.communicate()[0] for worker in workers]
+    assert all(f"sum {int(x.sum(dtype=np.int64))}" in out for out in outputs)
+    assert sum(out.count("x_train is stored compressed; extracted") for out in outputs) == 1
 
 
 @pytest.mark.parametrize(("arrays", "message"), [

@@ -6,11 +6,13 @@ import hashlib
 import logging
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tlbench import paths
 from tlbench.config import DataConfig
 from tlbench.data.source import (
     ArrayImages,
@@ -22,7 +24,8 @@ from tlbench.data.source import (
 )
 from tlbench.errors import TlbenchError, check
 from tlbench.paths import sha256_of
-from tlbench.rowcache import RowFile
+from tlbench.progress import reported
+from tlbench.rowcache import RowFile, cached_rows
 
 log = logging.getLogger("tlbench")
 
@@ -52,9 +55,9 @@ PIXEL_RANGE = "tlbench expects pixels in 0..255 (uint8 range)"
 
 class StoredPixels:
     """x_train then x_test as one (N, H, W) grey or (N, H, W, 3) RGB uint8 array, read by
-    position: rows of uncompressed members straight from the file (`RowFile`), compressed ones
-    from memory; (N, H, W, 1) read as grey, alpha dropped, values cast to uint8 (as np.astype
-    casts: floats truncated)."""
+    position from a file (`RowFile`: the .npz, or a compressed member's extraction), a
+    Fortran-ordered member from memory; (N, H, W, 1) read as grey, alpha dropped, values cast to
+    uint8 (as np.astype casts: floats truncated)."""
 
     def __init__(self, parts: list[RowFile | np.ndarray]) -> None:
         self.parts = parts
@@ -140,39 +143,94 @@ def _check_pixel_values(part: RowFile | np.ndarray, key: str, path: str) -> None
             f"{PIXEL_RANGE}: save (x * 255).round().astype('uint8').")
 
 
-def _stored_rows(archive, key: str, path: Path) -> RowFile | None:
-    """An uncompressed, C-ordered member's rows where they lie in the file (a zip member's
-    data follows its 30-byte local header, file name and extra field, then the .npy header);
-    None for a compressed, Fortran-ordered or object member."""
-    info = archive.zip.getinfo(f"{key}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
+def _npy_header(handle) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype from the .npy header at the handle's position."""
     readers = {(1, 0): np.lib.format.read_array_header_1_0,
                (2, 0): np.lib.format.read_array_header_2_0}
+    return readers[np.lib.format.read_magic(handle)](handle)
+
+
+def _stored_rows(archive, key: str, path: Path) -> RowFile:
+    """An uncompressed member's rows where they lie in the file (a zip member's data follows
+    its 30-byte local header, file name and extra field, then the .npy header)."""
+    info = archive.zip.getinfo(f"{key}.npy")
     with open(path, "rb") as handle:
         handle.seek(info.header_offset)
         local = handle.read(30)
         name_length, extra_length = struct.unpack("<HH", local[26:30])
         handle.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(handle)
-        shape, fortran, dtype = readers[version](handle)
+        shape, _, dtype = _npy_header(handle)
         offset = handle.tell()
-    if fortran or dtype.hasobject or not shape:
-        return None
     return RowFile(path, offset, shape[0], tuple(shape[1:]), dtype)
 
 
-def _pixels(archive, key: str, path: str) -> RowFile | np.ndarray:
-    """x_train or x_test: read by position from the file where it is stored uncompressed
-    (np.savez), else (np.savez_compressed) read whole, with a log line giving its size."""
-    rows = _stored_rows(archive, key, Path(path).expanduser())
-    if rows is not None:
-        return rows
-    x = _read_array(archive, key, path)
-    log.info("data npz: %s is stored compressed (np.savez_compressed) or Fortran-ordered, so "
-             "its %.0f MiB are read into memory; save it with np.savez to read images from the "
-             "file as they are needed", key, x.nbytes / 2**20)
-    return x
+FORMAT = 1  # bump when what an extracted row holds changes, so old entries are not reused
+EXTRACT_BYTES = 4 * 2**20  # bytes decompressed at a time: bounds the memory of an extraction
+
+
+def _extracted_rows(archive, key: str, path: str, digest: str, shape: tuple[int, ...],
+                    dtype: np.dtype) -> RowFile:
+    """A compressed member's rows, extracted once into $TLBENCH_CACHE/npz (keyed by the file's
+    sha256 and the member) a chunk at a time; later loads and other workers read them there."""
+    entry = {"format": FORMAT, "npz_sha256": digest, "member": key}
+    folder = paths.cache_dir("npz") / f"{Path(path).stem}-{key}-{digest[:16]}"
+    n_rows = shape[0]
+
+    def extract(missing: np.ndarray):
+        what = f"extracting {key} of {Path(path).name} into {folder}"
+        return reported(_member_rows(archive, key, shape, dtype, missing), len(missing), what)
+
+    try:
+        rows, computed, _ = cached_rows(folder, entry, np.arange(n_rows), n_rows, extract,
+                                        dtype=dtype, what="npz cache")
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise TlbenchError(f"data.path={path}: cannot read {key} ({short_reason(exc)}): the "
+                           "file is damaged; save it again.") from None
+    if computed:
+        log.info("data npz: %s is stored compressed; extracted its %.1f MiB once into %s, "
+                 "from where its images are read", key, n_rows * rows.row_bytes / 2**20, folder)
+    return rows
+
+
+def _member_rows(archive, key: str, shape: tuple[int, ...], dtype: np.dtype,
+                 positions: np.ndarray):
+    """(positions, rows) of a C-ordered member at `positions`, decompressed from its stream
+    EXTRACT_BYTES at a time; read to the end, so that the zip's CRC is checked."""
+    row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    per_chunk = max(1, EXTRACT_BYTES // row_bytes)
+    wanted = np.zeros(shape[0], dtype=bool)
+    wanted[positions] = True
+    with archive.zip.open(f"{key}.npy") as stream:
+        _npy_header(stream)
+        for start in range(0, shape[0], per_chunk):
+            chunk = np.arange(start, min(start + per_chunk, shape[0]))
+            data = stream.read(len(chunk) * row_bytes)
+            if len(data) < len(chunk) * row_bytes:
+                raise EOFError(f"{key}.npy ends at row {start + len(data) // row_bytes}")
+            if wanted[chunk].any():
+                rows = np.frombuffer(data, dtype).reshape(len(chunk), *shape[1:])
+                yield chunk[wanted[chunk]], rows[wanted[chunk]]
+        stream.read()
+
+
+def _pixels(archive, key: str, path: str, digest: str) -> RowFile | np.ndarray:
+    """x_train or x_test, read by position from a file: the .npz where the member is stored
+    uncompressed (np.savez), else its extraction in the cache (np.savez_compressed). A
+    Fortran-ordered member is read whole, with a log line giving its size; an object or empty
+    one is read whole too (and refused, or costs nothing)."""
+    with archive.zip.open(f"{key}.npy") as stream:
+        shape, fortran, dtype = _npy_header(stream)
+    if dtype.hasobject or not shape or not np.prod(shape):
+        return _read_array(archive, key, path)
+    if fortran:
+        x = _read_array(archive, key, path)
+        log.info("data npz: %s is Fortran-ordered, so its %.0f MiB are read into memory; save "
+                 "np.ascontiguousarray(%s) to read images from the file as they are needed",
+                 key, x.nbytes / 2**20, key)
+        return x
+    if archive.zip.getinfo(f"{key}.npy").compress_type == zipfile.ZIP_STORED:
+        return _stored_rows(archive, key, Path(path).expanduser())
+    return _extracted_rows(archive, key, path, digest, shape, dtype)
 
 
 def _read_array(archive, key: str, path: str) -> np.ndarray:
@@ -231,9 +289,10 @@ def _label_vector(y: np.ndarray, key: str, path: str) -> np.ndarray:
     return y.argmax(axis=1)
 
 
-def _read_arrays(cfg: NpzConfig) -> tuple[dict[str, RowFile | np.ndarray], np.ndarray | None]:
-    """The archive's arrays (x_test/y_test only if it has both; images where they lie in the
-    file when they can be, see `_pixels`) and its class_names, if any."""
+def _read_arrays(cfg: NpzConfig,
+                 digest: str) -> tuple[dict[str, RowFile | np.ndarray], np.ndarray | None]:
+    """The archive's arrays (x_test/y_test only if it has both; images read by position from a
+    file, see `_pixels`) and its class_names, if any; `digest` is the file's sha256."""
     path = Path(cfg.path).expanduser()
     try:
         archive = np.load(path, allow_pickle=False)
@@ -252,8 +311,8 @@ def _read_arrays(cfg: NpzConfig) -> tuple[dict[str, RowFile | np.ndarray], np.nd
             raise TlbenchError(f"data.path={cfg.path}: missing arrays {', '.join(missing)} (it "
                                f"has {', '.join(archive.files) or 'none'}); it needs "
                                "x_train, y_train and optionally x_test, y_test (both or neither).")
-        arrays = {key: (_pixels if key.startswith("x_") else _read_array)(archive, key, cfg.path)
-                  for key in wanted}
+        arrays = {key: _pixels(archive, key, cfg.path, digest) if key.startswith("x_")
+                  else _read_array(archive, key, cfg.path) for key in wanted}
         names = _read_array(archive, "class_names", cfg.path) \
             if "class_names" in archive.files else None
     return arrays, names
@@ -262,7 +321,8 @@ def _read_arrays(cfg: NpzConfig) -> tuple[dict[str, RowFile | np.ndarray], np.nd
 def load_npz_images(cfg: NpzConfig) -> LabelledImages:
     """x_train, y_train, optional x_test, y_test and class_names from one .npz: its test split
     kept; without one, test is carved from train as for a folder without test/ (split.py)."""
-    arrays, names = _read_arrays(cfg)
+    digest = cfg.content_digest()
+    arrays, names = _read_arrays(cfg, digest)
     splits = [key.removeprefix("x_") for key in arrays if key.startswith("x_")]
     if splits == ["train"]:
         log.info("data npz: no x_test/y_test; a stratified test split (data.test_fraction=%g) is "
@@ -287,7 +347,7 @@ def load_npz_images(cfg: NpzConfig) -> LabelledImages:
     if min(shapes[0][:2]) < size:
         note_upscaling(f"npz {Path(cfg.path).name}", len(ids), len(ids), shapes[0][1::-1], size)
     given_test = np.arange(_shape(parts[0])[0], len(ids)) if len(parts) == 2 else None
-    images = NpzImages(StoredPixels(parts), size, cfg.content_digest())
+    images = NpzImages(StoredPixels(parts), size, digest)
     return LabelledImages(images, ids, class_names, given_test)
 
 
