@@ -79,7 +79,7 @@ def test_the_cycle_finder_finds_one():
 @pytest.mark.parametrize(("lower", "upper"), [
     ("tlbench.registry", "tlbench.config"), ("tlbench.config", "tlbench.data"),
     ("tlbench.data", "tlbench.backbone"), ("tlbench.backbone", "tlbench.strategy"),
-    ("tlbench.strategy", "tlbench.prepare"), ("tlbench.config", "tlbench.track"),
+    ("tlbench.strategy", "tlbench.prepare"), ("tlbench.config", "tlbench.tracking.runs"),
 ])
 def test_lower_stages_never_import_higher_ones(lower, upper):
     graph = import_graph()
@@ -147,7 +147,7 @@ TOYS = """
     from tlbench.backbone.spec import BackboneSpec, unchanged
     from tlbench.config import DataConfig, StrategyConfig
     from tlbench.data.source import ArrayImages, LabelledImages, register
-    from tlbench.plan import keep
+    from tlbench.training.plan import keep
     from tlbench.report.sections import section
     from tlbench.scores import Score
     from tlbench.strategy.base import Phase, Plan, Strategy, freeze, with_head

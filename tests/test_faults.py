@@ -17,10 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tlbench.rowcache import cached_rows
-from tlbench.server import exposure_warning
-from tlbench.store import check_tracking_store, ensure_experiment, redact
 from tlbench.sweep import eta_seconds, read_jobs, summary
-from tlbench.track import (
+from tlbench.tracking.runs import (
     STALE_SECONDS,
     heartbeat,
     kill_stale_runs,
@@ -28,6 +26,8 @@ from tlbench.track import (
     log_result,
     tracked_run,
 )
+from tlbench.tracking.server import exposure_warning
+from tlbench.tracking.store import check_tracking_store, ensure_experiment, redact
 
 KEY = {"format": 1, "test": "faults"}
 
@@ -348,7 +348,7 @@ def test_sigterm_stops_the_server_with_its_mlflow_server(tmp_path):
 
 def test_unreachable_server_error_hides_the_password():
     from tlbench.errors import TlbenchError
-    from tlbench.store import check_tracking_store
+    from tlbench.tracking.store import check_tracking_store
 
     with pytest.raises(TlbenchError) as err:
         check_tracking_store("http://tl:s3cr3t-pw@127.0.0.1:9")
@@ -361,7 +361,7 @@ def test_a_tracking_server_restarted_mid_sweep_loses_and_duplicates_nothing(tmp_
     rerun skips everything, and the store holds one FINISHED run per configuration, whole."""
     import urllib.request
 
-    from tlbench.server import serve
+    from tlbench.tracking.server import serve
 
     from .test_cli import runs_of, tlbench
     from .test_sweep import free_port, wait_for
