@@ -21,8 +21,9 @@ def measure(name: str, images: int, batch: int) -> tuple[str, ...]:
     import keras
     import numpy as np
 
-    from tlbench import features, registry
+    from tlbench import registry
     from tlbench.backbone import build_base
+    from tlbench.frozen import cache
 
     spec = registry.BACKBONES[name]
     size = max(32, spec.min_input_size)
@@ -31,7 +32,7 @@ def measure(name: str, images: int, batch: int) -> tuple[str, ...]:
     start = time.perf_counter()
     base = build_base(spec, size, None, None)
     built = time.perf_counter() - start
-    model = features.extractor(base, spec, features.POOLED)
+    model = cache.extractor(base, spec, cache.POOLED)
     x = spec.preprocess(np.random.default_rng(0).uniform(0, 255, (images, size, size, 3))
                         .astype("float32"))
     model.predict(x[:batch], batch_size=batch, verbose=0)

@@ -28,7 +28,7 @@ def compiled_head(dropout: float, width: int, classes: int, xla: bool = False):
 
     from tlbench.config import DenseHeadConfig
     from tlbench.strategy.base import head_layers
-    from tlbench.train import HEAD_STEPS_PER_CALL
+    from tlbench.training.train import HEAD_STEPS_PER_CALL
 
     head = head_layers(classes, DenseHeadConfig(units=0, dropout=dropout, standardize=True))
     model = keras.Sequential([keras.Input((width,)), head])
@@ -51,7 +51,7 @@ def main() -> None:
     import numpy as np
 
     from tlbench import runtime
-    from tlbench.batches import batches
+    from tlbench.training.batches import batches
 
     runtime.configure("float32", deterministic=True, seed=0, threads=None)
     rng = np.random.default_rng(0)

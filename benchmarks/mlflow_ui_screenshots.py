@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tlbench.server import SERVER_ENV, runs_table_url
+from tlbench.tracking.server import SERVER_ENV, runs_table_url
 
 # MLflow 3.17's UI opens every experiment in its GenAI view (the mlflow.experimentKind tag no
 # longer decides) unless the URL asks for model training or the user once switched to it.

@@ -15,8 +15,8 @@ weights (backbone.weights=null), 10 epochs, no early stopping, each with its own
    per repeat (instrumenting a process costs it 0.4-1 s: its patching imports the stage modules,
    Keras and TensorFlow included, before Hydra starts; so it is not one of the processes the
    marginal run is taken from). The stage functions are wrapped with timers in that process: resume
-   check (store check + finished_run), set-up (prepare.prepare), features
-   (features.frozen_datasets), head (strategy train minus features, fit and evaluation: the base's
+   check (store check + finished_run), set-up (prepare.prepare), features (frozen.cache's
+   frozen_datasets), head (strategy train minus features, fit and evaluation: the base's
    recorded facts, building and adapting the head; a base built there, on a miss of those records,
    would count too), fit (train.fit), evaluation (train.evaluate), logging (tracked_run start/end,
    log_prepared, log_result, the confusion matrix) and other (the rest of `run`: tags, strategy
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import statistics
@@ -70,15 +71,28 @@ LRS = tuple(f"{0.001 + 0.0001 * i:.4f}" for i in range(MAX_RUNS))  # one cache e
 
 # --- child process: `python -m tlbench` with timers around its stages ---------------------------
 
+def stage_module(name: str, before: str):
+    """A stage module by its name here, or by its name before the stage packages (#31): the
+    older code that `--against` may name has tlbench.frozen.cache, tlbench.tracking.runs, ..."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return importlib.import_module(before)
+
+
 def instrument(out_path: str) -> None:
     """Wrap the stage functions with timers; write one dict of stage seconds per run at exit."""
     import atexit
 
     import tlbench.__main__ as cli
-    from tlbench import features, prepare, store, track, train
+    from tlbench import prepare
     from tlbench.strategy import base
 
-    runs: list[dict[str, float]] = []
+    cache = stage_module("tlbench.frozen.cache", "tlbench.frozen.cache")
+    runs = stage_module("tlbench.tracking.runs", "tlbench.tracking.runs")
+    store = stage_module("tlbench.tracking.store", "tlbench.tracking.store")
+    train = stage_module("tlbench.training.train", "tlbench.training.train")
+    timings: list[dict[str, float]] = []
     current: dict[str, float] = {}
 
     def timed(owner, name: str, stage: str) -> None:
@@ -93,19 +107,19 @@ def instrument(out_path: str) -> None:
 
         setattr(owner, name, wrapper)
 
-    original_run, original_tracked = cli.run, track.tracked_run
+    original_run, original_tracked = cli.run, runs.tracked_run
 
     def run(*args, **kwargs):
         current.clear()
         start = time.perf_counter()
         nonlocal composing
-        between = start - runs[-1]["ended"] - composing if runs else 0.0
+        between = start - timings[-1]["ended"] - composing if timings else 0.0
         composing = 0.0
         try:
             return original_run(*args, **kwargs)
         finally:
             ended = time.perf_counter()
-            runs.append(dict(current, total=ended - start, ended=ended, between=between))
+            timings.append(dict(current, total=ended - start, ended=ended, between=between))
 
     @contextlib.contextmanager
     def tracked_run(*args, **kwargs):
@@ -146,9 +160,9 @@ def instrument(out_path: str) -> None:
         return wrapper
 
     def write() -> None:
-        for record in runs:
-            record["composing"] = sum(composed) / len(runs)
-        Path(out_path).write_text(json.dumps(runs))
+        for record in timings:
+            record["composing"] = sum(composed) / len(timings)
+        Path(out_path).write_text(json.dumps(timings))
 
     from hydra.core.plugins import Plugins
 
@@ -164,16 +178,16 @@ def instrument(out_path: str) -> None:
 
     ConfigLoaderImpl.load_sweep_config = timed_composition(ConfigLoaderImpl.load_sweep_config)
     Plugins.instantiate_sweeper = instantiate_sweeper
-    cli.run, track.tracked_run = run, tracked_run
+    cli.run, runs.tracked_run = run, tracked_run
     timed(store, "check_tracking_store", "resume check")
-    timed(track, "finished_run", "resume check")
+    timed(runs, "finished_run", "resume check")
     timed(prepare, "prepare", "set-up")
-    timed(features, "frozen_datasets", "features")
+    timed(cache, "frozen_datasets", "features")
     timed(base.Strategy, "train", "strategy")
     timed(train, "fit", "fit")
     timed(train, "evaluate", "evaluation")
     for name in ("log_prepared", "log_result", "log_confusion_matrix"):
-        timed(track, name, "logging")
+        timed(runs, name, "logging")
     atexit.register(write)
     cli.main()
 

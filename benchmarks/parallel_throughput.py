@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tlbench.server import serve
+from tlbench.tracking.server import serve
 
 GRID = ["backbone=vgg16", "backbone.weights=null",
         "strategy=feature_extraction,partial_finetune", "data.train_size=5,10,20,40",

@@ -37,7 +37,7 @@ from tlbench import strategy  # noqa: E402
 from tlbench.backbone import BACKBONES, build_base, preprocessed, unfreeze_top  # noqa: E402
 from tlbench.config import RunConfig, parse_config  # noqa: E402
 from tlbench.data import load_source, materialise, split_indices  # noqa: E402
-from tlbench.features import POOLED, extractor, forward  # noqa: E402
+from tlbench.frozen.cache import POOLED, extractor, forward  # noqa: E402
 from tlbench.prepare import prepare  # noqa: E402
 from tlbench.pretrain import source_checkpoint  # noqa: E402
 

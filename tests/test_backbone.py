@@ -285,7 +285,7 @@ def test_keras_models_dir_matches_keras(tmp_path, keras_home):
 
 
 def test_backbones_command_prints_the_table(capsys):
-    from tlbench.backbones_cli import main
+    from tlbench.cli.backbones import main
 
     assert main(["--only", "vgg16", "pixels"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -297,7 +297,7 @@ def test_backbones_command_counts_nasnet_large_at_its_default_size(capsys):
     """NASNet picks its cropping layers from the size it is built at, so its cost at 331 px is
     traced on a network built at 331 px: 23.8 G multiply-adds, as the NASNet paper reports
     (Zoph et al. 2018, Table 2: NASNet-A (6 @ 4032), 23.8B)."""
-    from tlbench.backbones_cli import main
+    from tlbench.cli.backbones import main
 
     assert main(["--only", "nasnetlarge"]) == 0
     cells = capsys.readouterr().out.splitlines()[2].split(" | ")
@@ -305,7 +305,7 @@ def test_backbones_command_counts_nasnet_large_at_its_default_size(capsys):
 
 
 def test_backbones_command_unknown_name_is_one_line():
-    from tlbench.backbones_cli import main
+    from tlbench.cli.backbones import main
 
     with pytest.raises(SystemExit, match="did you mean resnet50") as err:
         main(["--only", "resnet5"])

@@ -16,7 +16,7 @@ import pytest
 from tlbench.backbone import build_base
 from tlbench.config import parse_config
 from tlbench.errors import TlbenchError
-from tlbench.identity import config_hash, effective_weights, identity
+from tlbench.tracking.identity import config_hash, effective_weights, identity
 
 from .conftest import TINY, compose_config
 from .test_cli import assert_one_line_error, runs_of, tlbench

@@ -16,9 +16,10 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import backend_or_skip, build_run
 from tests.test_train import EASY, run_as_the_cli_does
-from tlbench import runtime, track
+from tlbench import runtime
 from tlbench.errors import TlbenchError
-from tlbench.train import train_and_evaluate
+from tlbench.tracking import runs
+from tlbench.training.train import train_and_evaluate
 
 TINY = ["data.train_size=5", "trainer.epochs=1", "trainer.patience=null", "backbone.weights=null"]
 BLOCK_TENSORFLOW = """
@@ -180,7 +181,7 @@ def test_mixed_precision_trains_with_float32_probabilities(tiny_config, precisio
 
 
 def test_precision_keys_the_feature_cache(tiny_config, tmp_path):
-    from tlbench.features import entry_dir, entry_key
+    from tlbench.frozen.cache import entry_dir, entry_key
     from tlbench.registry import BACKBONES
 
     keys = [entry_key(BACKBONES["mobilenetv2"], "w", "d", 32, "pooled", precision, "tensorflow")
@@ -195,7 +196,7 @@ def test_bad_precision_or_jit_compile_is_one_line(tiny_config, key, value):
 
 
 def test_backend_is_part_of_the_identity(tiny_config):
-    identity = track.identity(tiny_config())
+    identity = runs.identity(tiny_config())
     assert identity["keras_backend"] == keras.backend.backend() == runtime.backend()
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tlbench.backbone import BACKBONES
-from tlbench.base_facts import record_key
+from tlbench.frozen.base_facts import record_key
 
 KEY = "json.dumps(record_key(BACKBONES['mobilenetv2'], 32, 'random init, seed 0', 'float32'))"
 
@@ -16,7 +16,7 @@ KEY = "json.dumps(record_key(BACKBONES['mobilenetv2'], 32, 'random init, seed 0'
 def test_a_record_key_is_the_same_in_another_process():
     other = subprocess.run(
         [sys.executable, "-c", "import json; from tlbench.backbone import BACKBONES; from "
-         f"tlbench.base_facts import record_key; print({KEY})"],
+         f"tlbench.frozen.base_facts import record_key; print({KEY})"],
         capture_output=True, text=True, check=True, timeout=300).stdout
     here = record_key(BACKBONES["mobilenetv2"], 32, "random init, seed 0", "float32")
     assert json.loads(other) == here

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlbench import batches
-from tlbench.batches import RowBatches, chained_batches
 from tlbench.rowcache import RowFile, Rows
+from tlbench.training import batches
+from tlbench.training.batches import RowBatches, chained_batches
 
 
 def labels(dataset) -> list[int]:

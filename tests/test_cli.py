@@ -293,7 +293,8 @@ def test_unreachable_size_leaves_a_failed_run_with_the_reason(tmp_path):
 
 
 def test_installed_wheel_finds_its_configs(tmp_path):
-    """Outside the source tree, from a built wheel, Hydra still composes the packaged conf/."""
+    """Outside the source tree, from a built wheel (every module of tlbench/ in it, the stage
+    packages included), Hydra still composes the packaged conf/."""
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-w", str(dist), str(ROOT)], check=True, capture_output=True, timeout=300)
@@ -307,6 +308,12 @@ def test_installed_wheel_finds_its_configs(tmp_path):
         where = subprocess.run([python, "-c", f"import {module} as m; print(m.__file__)"],
                                cwd=tmp_path, text=True, capture_output=True, check=True).stdout
         assert where.startswith(str(venv)), where
+    listing = "import pathlib, tlbench; top = pathlib.Path(tlbench.__file__).parent; " \
+              "print(*sorted(str(p.relative_to(top)) for p in top.rglob('*.py')))"
+    installed = subprocess.run([python, "-c", listing], cwd=tmp_path, text=True,
+                               capture_output=True, check=True).stdout.split()
+    assert {str(p.relative_to(ROOT / "tlbench"))
+            for p in (ROOT / "tlbench").rglob("*.py")} - set(installed) == set()
     result = tlbench("backbone=resnet50", "strategy=partial_finetune", "--cfg", "job",
                      cwd=tmp_path, python=python)
     assert result.returncode == 0, result.stderr

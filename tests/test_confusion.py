@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlbench.confusion import confusion_figure, confusion_image
+from tlbench.tracking.confusion import confusion_figure, confusion_image
 
 
 def drawn(fig, alpha: bool = True) -> np.ndarray:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlbench.batches import batches
-from tlbench.train import train_and_evaluate
+from tlbench.training.batches import batches
+from tlbench.training.train import train_and_evaluate
 
 from .conftest import build_run
 from .test_cli import runs_of, tlbench

@@ -18,10 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from tlbench import rowcache
 from tlbench.rowcache import cached_rows, read_key, wait_for_syncs, write_key
-from tlbench.server import exposure_warning
-from tlbench.store import check_tracking_store, ensure_experiment, redact
 from tlbench.sweep import eta_seconds, read_jobs, summary
-from tlbench.track import (
+from tlbench.tracking.runs import (
     STALE_SECONDS,
     heartbeat,
     kill_stale_runs,
@@ -29,6 +27,8 @@ from tlbench.track import (
     log_result,
     tracked_run,
 )
+from tlbench.tracking.server import exposure_warning
+from tlbench.tracking.store import check_tracking_store, ensure_experiment, redact
 
 KEY = {"format": 1, "test": "faults"}
 
@@ -414,7 +414,7 @@ def test_sigterm_stops_the_server_with_its_mlflow_server(tmp_path):
 
 def test_unreachable_server_error_hides_the_password():
     from tlbench.errors import TlbenchError
-    from tlbench.store import check_tracking_store
+    from tlbench.tracking.store import check_tracking_store
 
     with pytest.raises(TlbenchError) as err:
         check_tracking_store("http://tl:s3cr3t-pw@127.0.0.1:9")
@@ -427,7 +427,7 @@ def test_a_tracking_server_restarted_mid_sweep_loses_and_duplicates_nothing(tmp_
     rerun skips everything, and the store holds one FINISHED run per configuration, whole."""
     import urllib.request
 
-    from tlbench.server import serve
+    from tlbench.tracking.server import serve
 
     from .test_cli import runs_of, tlbench
     from .test_sweep import free_port, wait_for

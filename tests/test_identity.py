@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from tlbench.identity import config_hash, identity
+from tlbench.tracking.identity import config_hash, identity
 
 from .test_cli import TINY, tlbench
 

@@ -11,7 +11,7 @@ import sys
 import keras
 import pytest
 
-from tlbench.train import train_and_evaluate
+from tlbench.training.train import train_and_evaluate
 
 from .conftest import build_run
 from .test_train import EASY, run_as_the_cli_does
@@ -86,7 +86,7 @@ from tlbench.quiet import import_keras
 with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
     config = parse_config(compose(config_name="config", overrides=sys.argv[1:]))
 import_keras()
-from tlbench.train import configure_runtime
+from tlbench.training.train import configure_runtime
 import tensorflow as tf
 
 configure_runtime(config.trainer, config.seed, config.trainer.threads)  # as prepare() does

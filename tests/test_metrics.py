@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from tlbench import metrics
+from tlbench.training import metrics
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from tlbench.report.__main__ import main as report_main
-from tlbench.store import OPEN_PARENTS, SWEEP_KIND, ensure_experiment
 from tlbench.sweep import SweepCallback, open_parent_run, start_parent, sweep_id_of
-from tlbench.track import tracked_run
+from tlbench.tracking.runs import tracked_run
+from tlbench.tracking.store import OPEN_PARENTS, SWEEP_KIND, ensure_experiment
 
 PARENT = "mlflow.parentRunId"
 TINY = ["backbone=pixels", "backbone.weights=null", "data=synthetic", "data.n_classes=2",

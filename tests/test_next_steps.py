@@ -3,7 +3,7 @@ server's own UI, and names that need quoting."""
 
 from __future__ import annotations
 
-from tlbench.next_steps import report_command, ui_command
+from tlbench.tracking.next_steps import report_command, ui_command
 
 
 def test_a_tracking_server_is_its_own_ui():

@@ -81,7 +81,7 @@ def test_checkpoint_loads_into_the_headless_backbone(trained):
 def test_saved_head_is_the_source_classifier(trained):
     """Base + head reproduce the source model: its val accuracy is the manifest's."""
     from tlbench.data import load_dataset
-    from tlbench.features import extractor
+    from tlbench.frozen.cache import extractor
 
     _, checkpoint = trained
     spec = BACKBONES["mobilenetv2"]
@@ -186,7 +186,7 @@ def test_first_run_prints_each_pretraining_epoch_with_the_time_left(tmp_path):
 def test_default_digits04_pretraining_is_good():
     """The shipped pretrain settings give a strong source model (inference-mode val accuracy).
     Trained into the session's cache (tests/conftest.py), or read from it where an earlier test
-    (tests/test_features.py, tests/test_rank.py) needed the same checkpoint."""
+    (tests/test_frozen_cache.py, tests/test_rank.py) needed the same checkpoint."""
     config = parse_config(compose_config([]))
     checkpoint = source_checkpoint(config.backbone, config.pretrain, config.trainer)
     print("source val accuracy", checkpoint.manifest["source_val_accuracy"],

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tlbench import identity, rank, scores
+from tlbench import rank, scores
 from tlbench.config import parse_config
+from tlbench.tracking import identity
 
 from .conftest import compose_config
 
@@ -124,7 +125,7 @@ def test_sweep_reuses_the_features_and_the_report_joins_the_scores(ranked):
 
 def test_leep_and_nce_read_the_source_checkpoint_head(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    # The default source checkpoint, in the session's cache (shared with test_features.py)
+    # The default source checkpoint, in the session's cache (shared with test_frozen_cache.py)
     overrides = ["backbone=mobilenetv2", "backbone.weights=source:digits04", "data.train_size=5",
                  f"cache.dir={tmp_path}/features", f"tracking.uri={uri}"]
     assert rank.main(overrides) == 0

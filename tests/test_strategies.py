@@ -13,7 +13,7 @@ from tlbench import registry, strategy
 from tlbench.errors import TlbenchError
 from tlbench.prepare import prepare
 from tlbench.strategy.lora import merge
-from tlbench.train import count_params, fit
+from tlbench.training.train import count_params, fit
 
 from .conftest import build_run, strategy_model
 from .test_cli import TINY, assert_one_line_error, runs_of, tlbench

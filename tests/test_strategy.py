@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from tlbench.train import count_params, fit
+from tlbench.training.train import count_params, fit
 
 from .conftest import assert_trained_alike, backend_or_skip, build_run, strategy_model
 
@@ -130,8 +130,9 @@ def test_partial_finetune_on_models_compiled_by_an_earlier_run_trains_as_a_cold_
     the process compiled (their traced functions reused: a new base's weights copied in, fresh
     optimizer states at each phase's rate), trains exactly what a cold run trains: same epochs'
     losses in both phases, final weights, predictions and parameter counts."""
-    from tlbench import strategy, train
+    from tlbench import strategy
     from tlbench.prepare import prepare
+    from tlbench.training import train
 
     monkeypatch.setattr(train, "COMPILED", {})  # the cold run compiles its own models
 

@@ -13,9 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tlbench.config import parse_config
-from tlbench.server import serve
-from tlbench.store import check_tracking_store
 from tlbench.sweep import eta_seconds, grid_size, register_sweeps, summary, sweep_id_of
+from tlbench.tracking.server import serve
+from tlbench.tracking.store import check_tracking_store
 
 from .conftest import compose_config
 from .test_cli import runs_of, tlbench

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tlbench.termination import Terminated, terminate_as_exception
+from tlbench.tracking.termination import Terminated, terminate_as_exception
 
 
 class SignalsInItsFinalizer:

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from tlbench import batches, train
 from tlbench.rowcache import Rows
-from tlbench.train import configure_runtime, keras_classes, train_and_evaluate
+from tlbench.training import batches, train
+from tlbench.training.train import configure_runtime, keras_classes, train_and_evaluate
 
 from .conftest import build_run
 
@@ -99,8 +99,8 @@ def test_a_reused_head_at_many_steps_per_call_trains_as_a_fresh_one(tiny_config,
     import numpy as np
 
     from tlbench.data import Dataset
-    from tlbench.plan import Phase, Plan, keep
     from tlbench.strategy.base import head_layers
+    from tlbench.training.plan import Phase, Plan, keep
 
     config = tiny_config("trainer.epochs=3", "strategy.head.units=16", "strategy.head.dropout=0.3")
     rng = np.random.default_rng(0)
@@ -137,7 +137,7 @@ def test_compiled_models_beyond_the_byte_budget_are_dropped_oldest_first(tiny_co
     import numpy as np
 
     from tlbench.data import Dataset
-    from tlbench.plan import Phase, Plan, keep
+    from tlbench.training.plan import Phase, Plan, keep
 
     config = tiny_config()
     rng = np.random.default_rng(0)

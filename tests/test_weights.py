@@ -25,9 +25,9 @@ def python(script: str, keras_home, **env: str) -> subprocess.CompletedProcess:
 
 
 def weights_listing(keras_home, *args: str) -> str:
-    """The output of `python -m tlbench.weights ARGS` under this KERAS_HOME."""
+    """The output of `python -m tlbench weights ARGS` under this KERAS_HOME."""
     full_env = {k: v for k, v in os.environ.items() if k != "KERAS_HOME"}
-    result = subprocess.run([sys.executable, "-m", "tlbench.weights", *args], text=True,
+    result = subprocess.run([sys.executable, "-m", "tlbench", "weights", *args], text=True,
                             capture_output=True, env=full_env | {"KERAS_HOME": str(keras_home)},
                             check=True, timeout=60)
     return result.stdout
@@ -104,7 +104,7 @@ def test_listing_help_and_defaults(tmp_path):
     listing = weights_listing(tmp_path, "--input-size", "96", "--cache-dir", str(tmp_path / "c"))
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5" in listing
     assert "efficientnetb0_notop.h5" in listing and "(none yet)" in listing
-    result = subprocess.run([sys.executable, "-m", "tlbench.weights", "--help"], text=True,
+    result = subprocess.run([sys.executable, "-m", "tlbench", "weights", "--help"], text=True,
                             capture_output=True, check=True)
     assert "--input-size" in result.stdout
 

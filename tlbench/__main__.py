@@ -49,13 +49,13 @@ class Outcome:
 
 def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcome:
     """Train and evaluate one configuration, logging everything to MLflow."""
-    from tlbench import identity, store, track
+    from tlbench.tracking import identity, runs, store
 
     uri = store.resolve_tracking_uri(config.tracking.uri)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN  # its store was checked at the start
     store.check_tracking_store(uri, store.OUTAGE_SECONDS if multirun else 0.0)
     digest = identity.config_hash(config)
-    finished = track.finished_run(uri, config, digest)
+    finished = runs.finished_run(uri, config, digest)
     if finished is not None and config.tracking.resume:
         return Outcome("skipped", finished.data.metrics.get("val_accuracy", float("nan")),
                        f"already FINISHED as run {finished.info.run_id}")
@@ -76,19 +76,19 @@ def run(config: RunConfig, sweep_info: sweep.SweepInfo, dry_run: bool) -> Outcom
     weights = adapt.weights(entry, config.backbone.weights)
     route = adapt.route(config, entry)
     prepare.check_cache_folders(config, weights, route.inputs != "images")
-    tags = job_tags(sweep_info) | track.environment_tags(config.trainer.precision) | {
+    tags = job_tags(sweep_info) | runs.environment_tags(config.trainer.precision) | {
         "weights.kind": weights_kind(weights), "inputs": route.inputs}
-    with track.tracked_run(config, uri, tags, digest) as run_id:
+    with runs.tracked_run(config, uri, tags, digest) as run_id:
         prepared = prepare.prepare(config, weights, threads)
-        track.log_prepared(uri, run_id, prepared)
+        runs.log_prepared(uri, run_id, prepared)
         result = adapt.train(prepared)
         metrics = result.metrics | {"setup_seconds": prepared.setup_seconds,
                                     "process_peak_rss_mb": peak_rss_mb()}
-        track.log_result(uri, run_id, metrics, result.history, {
+        runs.log_result(uri, run_id, metrics, result.history, {
             "config.yaml": OmegaConf.to_yaml(dataclasses.asdict(config)),
             "model_summary.txt": result.summary,
         })
-        track.log_confusion_matrix(uri, run_id, result.confusion, prepared.source.class_names)
+        runs.log_confusion_matrix(uri, run_id, result.confusion, prepared.source.class_names)
     return Outcome("done", metrics["val_accuracy"],
                    f"test_accuracy={metrics['test_accuracy']:.4f} "
                    f"fit_seconds={metrics['fit_seconds']:.1f}")
@@ -151,8 +151,8 @@ def task(cfg: DictConfig) -> float:
 
 def log_next_commands(config: RunConfig, sweep_id: str) -> None:
     """A single run's closing lines: its runs in the MLflow UI and its report."""
-    from tlbench.next_steps import next_commands
-    from tlbench.store import resolve_tracking_uri
+    from tlbench.tracking.next_steps import next_commands
+    from tlbench.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(config.tracking.uri)
     for line in next_commands(uri, config.tracking.experiment, sweep_id):
@@ -164,9 +164,9 @@ hydra_app = hydra.main(version_base="1.3", config_path="pkg://tlbench.conf",
                        config_name="config")(task)
 
 
-SUBCOMMANDS = {"server": "tlbench.server", "report": "tlbench.report.__main__",
-               "weights": "tlbench.weights", "rank": "tlbench.rank",
-               "backbones": "tlbench.backbones_cli"}
+SUBCOMMANDS = {"server": "tlbench.tracking.server", "report": "tlbench.report.__main__",
+               "weights": "tlbench.cli.weights", "rank": "tlbench.rank",
+               "backbones": "tlbench.cli.backbones"}
 
 
 def main() -> None:

@@ -86,7 +86,7 @@ def prepare(config: RunConfig, weights: str | None, threads: int | None) -> Prep
     `weights`."""
     import keras
 
-    from tlbench import train
+    from tlbench.training import train
 
     entry = config.backbone.entry()
     runtime.clear_session()  # Keras' state of earlier runs: garbage now

@@ -186,10 +186,10 @@ def pretrain(spec: BackboneSpec, backbone: BackboneConfig, source: str, cfg: Pre
     """
     import keras
 
-    from tlbench import train
     from tlbench.data import load_dataset
-    from tlbench.plan import Phase, Plan
     from tlbench.strategy.base import head_layers, unfreeze_all, with_head
+    from tlbench.training import train
+    from tlbench.training.plan import Phase, Plan
 
     settings = dataclasses.replace(trainer, epochs=cfg.epochs, batch_size=cfg.batch_size,
                                    lr=cfg.lr, optimizer="adam", patience=None,

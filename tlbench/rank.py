@@ -96,7 +96,7 @@ def compose_candidates(overrides: list[str]) -> list[Candidate]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from tlbench import identity
+    from tlbench.tracking import identity
 
     candidates: dict[str, Candidate] = {}
     with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
@@ -117,7 +117,7 @@ def score_identity(config: RunConfig) -> dict:
     Its params share backbone.*, data.*, pretrain.* and seed with the trained runs (the report
     joins on them); its config_hash differs from every trained run's, so neither resumes the
     other."""
-    from tlbench import identity
+    from tlbench.tracking import identity
 
     values = identity.identity(config)
     values.pop("strategy")
@@ -135,21 +135,23 @@ def score_candidate(candidate: Candidate, uri: str, tags: dict[str, str]) -> Non
     from mlflow.tracking import MlflowClient
     from threadpoolctl import threadpool_limits
 
-    from tlbench import backbone, features, identity, prepare, scores, track
+    from tlbench import backbone, prepare, scores
     from tlbench.backbone.cost import multiply_adds
+    from tlbench.frozen import cache
+    from tlbench.tracking import identity, runs
 
     config = candidate.config
     kind = backbone.weights_kind(config.backbone.weights)
     tags = tags | {KIND_TAG: KIND, "weights.kind": kind, "scores.version": str(SCORES_VERSION),
                    "command": " ".join(["python -m tlbench.rank", *candidate.overrides])}
     values = score_identity(config)
-    with track.tracked_run(config, uri, tags, identity.config_hash(config, values), values,
+    with runs.tracked_run(config, uri, tags, identity.config_hash(config, values), values,
                            run_name=run_name(config)) as run_id:
         prepared = prepare.prepare(config, config.backbone.weights, config.trainer.threads)
-        track.log_prepared(uri, run_id, prepared)
-        frozen = features.frozen_dataset(prepared.base, prepared.entry, prepared.source,
+        runs.log_prepared(uri, run_id, prepared)
+        frozen = cache.frozen_dataset(prepared.base, prepared.entry, prepared.source,
                                          prepared.splits, config.backbone.input_size,
-                                         features.POOLED, features.cache_root(config.cache),
+                                         cache.POOLED, cache.cache_root(config.cache),
                                          config.trainer.batch_size, prepared.images)
         x, y = frozen.data.x_train.load(), frozen.data.y_train
         start = time.perf_counter()
@@ -161,11 +163,11 @@ def score_candidate(candidate: Candidate, uri: str, tags: dict[str, str]) -> Non
         candidate.computed = frozen.computed
         candidate.seconds = {"setup": prepared.setup_seconds, "features": frozen.seconds,
                              "score": score_seconds}
-        track.log_result(uri, run_id, candidate.scores | {
+        runs.log_result(uri, run_id, candidate.scores | {
             "feature_seconds": frozen.seconds, "feature_wait_seconds": frozen.waited,
             "score_seconds": score_seconds, "setup_seconds": prepared.setup_seconds,
             "frozen_rows_computed": frozen.computed,
-            "cache_hit": float(features.cache_root(config.cache) is not None
+            "cache_hit": float(cache.cache_root(config.cache) is not None
                                and frozen.computed == 0),
             "n_train": len(y), "n_classes": len(prepared.source.class_names),
             "n_features": x.shape[1], "params_total": prepared.base.count_params(),
@@ -207,7 +209,7 @@ def config_yaml(config: RunConfig) -> str:
 
 def check_stores(candidates: list[Candidate]) -> dict[str, str]:
     """Each distinct tracking URI checked once, before TensorFlow starts; URI per candidate."""
-    from tlbench import store
+    from tlbench.tracking import store
 
     uris = {}
     for candidate in candidates:
@@ -275,14 +277,15 @@ def rank(overrides: list[str]) -> list[Candidate]:
 
     runtime.cap_threads_before_start(candidates[0].config.trainer.threads)
     import_keras()
-    from tlbench import prepare, track
+    from tlbench import prepare
+    from tlbench.tracking import runs
 
     for candidate in candidates:
         prepare.check_cache_folders(candidate.config, candidate.config.backbone.weights,
                                     candidate.config.cache.enabled)
 
     precision = candidates[0].config.trainer.precision  # rank refuses lists of trainer.*
-    tags = track.environment_tags(precision) | {
+    tags = runs.environment_tags(precision) | {
         "rank_id": f"rank-{time.strftime('%Y%m%d-%H%M%S')}"}
     started = time.perf_counter()
     for i, candidate in enumerate(candidates, start=1):

@@ -1,7 +1,7 @@
 """Row caches on disk: n rows of one shape, computed once, served a batch at a time.
 
 Both caches keep their rows this way: decoded images (uint8, `tlbench.data.decoded`) and a frozen
-base's outputs (float32 or float16, `tlbench.features`). An entry is a folder holding `rows.npy`
+base's outputs (float32 or float16, `tlbench.frozen.cache`). An entry is a folder holding `rows.npy`
 (a plain .npy file: `np.load(path, mmap_mode="r")` reads it), `done.npy` (which rows are
 computed) and `key.json` (what determines them). A file lock per entry makes concurrent workers
 compute a row once; rows are marked done (atomically) only after they are written, so a killed

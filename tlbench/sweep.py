@@ -32,8 +32,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tlbench.errors import TlbenchError
-from tlbench.next_steps import next_commands
 from tlbench.progress import duration
+from tlbench.tracking.next_steps import next_commands
 
 log = logging.getLogger("tlbench")
 
@@ -217,7 +217,7 @@ def prepare_store(config: DictConfig) -> None:
     from mlflow.tracking import MlflowClient
 
     from tlbench.config import check_experiment_name
-    from tlbench.store import check_tracking_store, ensure_experiment, resolve_tracking_uri
+    from tlbench.tracking.store import check_tracking_store, ensure_experiment, resolve_tracking_uri
 
     check_experiment_name(config.tracking.experiment)
     uri = resolve_tracking_uri(config.tracking.uri)
@@ -232,7 +232,7 @@ def prepare_store(config: DictConfig) -> None:
 def open_parent_run(client, experiment_id: str, sweep_id: str, command: str) -> str:
     """The sweep's parent run, RUNNING: created on the first launch, reused (set RUNNING again)
     when the same grid is launched again to resume it."""
-    from tlbench.store import KIND_TAG, SWEEP_KIND, redact, sweep_parent_id
+    from tlbench.tracking.store import KIND_TAG, SWEEP_KIND, redact, sweep_parent_id
 
     run_id = sweep_parent_id(client, experiment_id, sweep_id)
     if run_id is None:
@@ -320,7 +320,7 @@ class SweepCallback(Callback):
             return
         from mlflow.tracking import MlflowClient
 
-        from tlbench.store import OPEN_PARENTS
+        from tlbench.tracking.store import OPEN_PARENTS
 
         (uri, run_id), cls.parent = cls.parent, None
         for key in [key for key, value in OPEN_PARENTS.items() if value == run_id]:
@@ -370,7 +370,7 @@ def start_parent(config: DictConfig, folder: Path) -> tuple[str, str]:
     """Open the multirun's parent run in the launching process: (tracking URI, run id)."""
     from mlflow.tracking import MlflowClient
 
-    from tlbench.store import OPEN_PARENTS, ensure_experiment, resolve_tracking_uri
+    from tlbench.tracking.store import OPEN_PARENTS, ensure_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(config.tracking.uri)
     client = MlflowClient(uri)

@@ -73,7 +73,7 @@ def _build_imagenet(spec: BackboneSpec, shape):
         raise TlbenchError(
             f"backbone.weights=imagenet: {spec.imagenet_file(shape[0])} {problem} and cannot be "
             f"downloaded; copy it to {path} ($KERAS_HOME/models, default ~/.keras/models; "
-            "python -m tlbench.weights lists them all), or use backbone.weights=null, "
+            "python -m tlbench weights lists them all), or use backbone.weights=null, "
             "a weights file path, or source:digits04 (source pretraining)."
         ) from None
 

@@ -85,7 +85,7 @@ def write_report(args: argparse.Namespace) -> Path:
     from tlbench.report.across import split_by_dataset
     from tlbench.report.analysis import Source, analyse
     from tlbench.report.stats import trained_runs
-    from tlbench.store import redact, resolve_tracking_uri
+    from tlbench.tracking.store import redact, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     client = fetch.connect(uri)
@@ -167,7 +167,7 @@ def across_datasets_report(whole, datasets: dict, score_runs, source, args: argp
 
 def attach_to_sweep_run(client, experiment: str, sweep_id: str, files: list[Path]) -> None:
     """Log the report and its plots under `report/` of the sweep's parent run, if it has one."""
-    from tlbench.store import sweep_parent_id
+    from tlbench.tracking.store import sweep_parent_id
 
     try:
         parent = sweep_parent_id(client, experiment, sweep_id)

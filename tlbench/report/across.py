@@ -6,6 +6,14 @@ source gives several tasks. Each dataset is aggregated on its own (per-dataset `
 here the configurations that ran on every dataset are set side by side: mean accuracy with its
 CI per dataset, mean accuracy, means per group, mean rank, mean z-score, wins, and the Friedman
 test with the Nemenyi critical difference and its diagram (`friedman`, `cd_diagram`).
+
+Not a registered section (`tlbench/report/sections.py`), though it reads like one: a section is
+`fn(analysis, source, plots)` over one dataset's analysis, reading figures already drawn, and a
+report of several datasets renders each section once per dataset. This one reads every dataset's
+summary at once, exists only where there are two or more, draws its own figure (the CD diagram,
+into the report's folder) and stands once, between the header and the datasets
+(`render.render_datasets`). Registering it would take a second kind of section, with another
+signature, for this one member; `report/__main__.py` calls it where it splits the runs by dataset.
 """
 
 from __future__ import annotations

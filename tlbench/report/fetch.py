@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
 from tlbench.errors import TlbenchError
-from tlbench.store import check_database, is_database, redact
+from tlbench.tracking.store import check_database, is_database, redact
 
 PAGE_SIZE = 1000
 

@@ -31,7 +31,7 @@ from tlbench.report.stats import (
     unfinished_runs,
     untuned_hyperparameters,
 )
-from tlbench.store import redact
+from tlbench.tracking.store import redact
 
 GRID_VALUES_SHOWN = 24
 REPRODUCED = 3

@@ -18,19 +18,20 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from tlbench import compat, features, registry, runtime
+from tlbench import compat, registry, runtime
 from tlbench.backbone import BackboneSpec, on_pixels
 from tlbench.backbone.cost import multiply_adds
-from tlbench.base_facts import BaseFacts, base_facts
 from tlbench.config import DenseHeadConfig, RunConfig, StrategyConfig, TrainerConfig
 from tlbench.errors import check
-from tlbench.plan import Phase, Plan
+from tlbench.frozen import cache
+from tlbench.frozen.base_facts import BaseFacts, base_facts
 from tlbench.strategy.heads import STANDARDIZE
+from tlbench.training.plan import Phase, Plan
 
 if TYPE_CHECKING:
     from tlbench.data import Dataset
     from tlbench.prepare import Prepared
-    from tlbench.train import RunResult
+    from tlbench.training.train import RunResult
 
 log = logging.getLogger("tlbench")
 
@@ -95,7 +96,7 @@ class Strategy:
     def fit_frozen(self, prepared: Prepared, facts: BaseFacts,
                    inputs: dict[str, Dataset]) -> RunResult:
         """Fit and evaluate the plan on cached frozen outputs."""
-        from tlbench import train
+        from tlbench.training import train
 
         run = prepared.config
         plan = self.plan_on_frozen(prepared, facts, inputs)
@@ -109,7 +110,7 @@ class Strategy:
     def train(self, prepared: Prepared) -> RunResult:
         """Build the plan on the inputs the route picks, fit it, evaluate it. The head is
         initialised from the run's seed, whether or not the base was built before it."""
-        from tlbench import train
+        from tlbench.training import train
 
         run, entry = prepared.config, prepared.entry
         route = self.route(run, entry)
@@ -123,7 +124,7 @@ class Strategy:
             plan = self.plan(base, entry, dataset.n_classes, run.trainer)
             inner, plan.model = plan.model, on_pixels(entry, plan.model)  # takes uint8 pixels
             standardize_head(plan, lambda: train.predicted(
-                features.extractor(base, entry, features.POOLED), dataset.x_train,
+                cache.extractor(base, entry, cache.POOLED), dataset.x_train,
                 run.trainer.batch_size))
             self.log_phases(plan)
             result = train.train_and_evaluate(plan, {"images": dataset}, run.trainer, run.seed)
@@ -131,13 +132,13 @@ class Strategy:
                 f"{train.model_summary(inner)}"
             result.metrics |= cost
             return result
-        root = features.cache_root(run.cache)
+        root = cache.cache_root(run.cache)
         facts = base_facts(lambda: prepared.base, entry, run.backbone.input_size,
                            prepared.origin, run.trainer.precision, root)
         cost = {"flops": facts.flops}
-        taps = [features.POOLED,
+        taps = [cache.POOLED,
                 *([self.cut(prepared.base, entry)] if route.inputs == "cut" else [])]
-        frozen = features.frozen_datasets(
+        frozen = cache.frozen_datasets(
             lambda: prepared.base, entry, prepared.source, prepared.splits,
             run.backbone.input_size, taps, root, run.trainer.batch_size, prepared.images,
             run.cache.fill_limit, facts, run.cache.dtype)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from tlbench import registry
 from tlbench.config import RunConfig, StrategyConfig
-from tlbench.plan import keep
 from tlbench.strategy.base import (
     Phase,
     Plan,
@@ -18,6 +17,7 @@ from tlbench.strategy.base import (
     head_layers,
     with_head,
 )
+from tlbench.training.plan import keep
 
 log = logging.getLogger("tlbench")
 

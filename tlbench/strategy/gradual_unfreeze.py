@@ -9,7 +9,6 @@ from tlbench import registry
 from tlbench.backbone import unfreeze_top
 from tlbench.config import RunConfig, StrategyConfig
 from tlbench.errors import check
-from tlbench.plan import Phase
 from tlbench.strategy.base import Route
 from tlbench.strategy.partial_finetune import (
     PartialFinetune,
@@ -17,6 +16,7 @@ from tlbench.strategy.partial_finetune import (
     stage_route,
     top_inputs,
 )
+from tlbench.training.plan import Phase
 
 
 @dataclass(kw_only=True)

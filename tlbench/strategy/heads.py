@@ -47,8 +47,9 @@ def dense_layers(n_classes: int, head: DenseHeadConfig):
 
 
 def fit_logreg(features, head: LogregHeadConfig, base_params: float, seed: int):
-    """The linear probe over the C grid, kept on validation (tlbench.train.train_logreg)."""
-    from tlbench import train
+    """The linear probe over the C grid, kept on validation (tlbench/training/train.py,
+    train_logreg)."""
+    from tlbench.training import train
 
     return train.train_logreg(features, head, base_params, seed)
 

@@ -10,7 +10,6 @@ from tlbench import registry
 from tlbench.backbone import unfreeze_top
 from tlbench.config import RunConfig, StrategyConfig
 from tlbench.errors import check
-from tlbench.plan import keep
 from tlbench.strategy.base import (
     Phase,
     Plan,
@@ -21,6 +20,7 @@ from tlbench.strategy.base import (
     head_layers,
     with_head,
 )
+from tlbench.training.plan import keep
 
 
 @dataclass(kw_only=True)

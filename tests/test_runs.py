@@ -16,21 +16,21 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tlbench.confusion import confusion_figure
 from tlbench.errors import TlbenchError
-from tlbench.identity import config_hash, flatten
-from tlbench.store import (
-    check_tracking_store,
-    ensure_experiment,
-    experiment_id,
-    resolve_tracking_uri,
-)
-from tlbench.track import (
+from tlbench.tracking.confusion import confusion_figure
+from tlbench.tracking.identity import config_hash, flatten
+from tlbench.tracking.runs import (
     log_confusion_matrix,
     log_dataset_input,
     log_prepared,
     log_result,
     tracked_run,
+)
+from tlbench.tracking.store import (
+    check_tracking_store,
+    ensure_experiment,
+    experiment_id,
+    resolve_tracking_uri,
 )
 
 
@@ -91,7 +91,7 @@ def test_unreachable_server_fails_in_seconds():
 
 OPEN_STORE = """
 import sys
-from tlbench.store import check_tracking_store, ensure_experiment
+from tlbench.tracking.store import check_tracking_store, ensure_experiment
 from mlflow.tracking import MlflowClient
 check_tracking_store(sys.argv[1])
 ensure_experiment(MlflowClient(sys.argv[1]), "shared")

@@ -25,13 +25,14 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from tlbench import metrics, runtime
-from tlbench.batches import batches, chained_batches
+from tlbench import runtime
 from tlbench.config import LogregHeadConfig, TrainerConfig
 from tlbench.data import Dataset
-from tlbench.plan import Phase, Plan
 from tlbench.progress import epoch_line
 from tlbench.rowcache import Rows
+from tlbench.training import metrics
+from tlbench.training.batches import batches, chained_batches
+from tlbench.training.plan import Phase, Plan
 
 log = logging.getLogger("tlbench")
 
@@ -242,7 +243,7 @@ def evaluate(predict: Callable[[list[Rows]], list[np.ndarray]],
              data: Dataset) -> tuple[dict, np.ndarray]:
     """Accuracy on train/val/test, test macro-F1 and the test confusion matrix of a classifier
     (`predict` maps a list of splits' rows to their predicted classes), counted by
-    tlbench.metrics."""
+    tlbench.training.metrics."""
     train_pred, val_pred, test_pred = predict([data.x_train, data.x_val, data.x_test])
     confusion = metrics.confusion_counts(data.y_test, test_pred, data.n_classes)
     scores = {

@@ -1,4 +1,4 @@
-"""`python -m tlbench.weights`: which ImageNet files Keras expects, where, and which are cached.
+"""`python -m tlbench weights`: which ImageNet files Keras expects, where, and which are cached.
 
 Offline machines need these files copied into $KERAS_HOME/models before backbone.weights=imagenet
 works. Also lists the source checkpoints (backbone.weights=source:<name>) already in the cache.
@@ -40,7 +40,7 @@ def source_rows(root: Path) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> None:
     """Print the ImageNet cache table and the source checkpoints."""
     parser = argparse.ArgumentParser(
-        prog="python -m tlbench.weights",
+        prog="python -m tlbench weights",
         description="List the ImageNet files Keras expects (and whether they are cached) and the "
                     "cached source checkpoints.")
     parser.add_argument("--input-size", type=int, default=224,

@@ -11,12 +11,12 @@ import keras
 import numpy as np
 import pytest
 
-from tlbench import features
 from tlbench.backbone import BACKBONES, build_base
 from tlbench.config import parse_config
 from tlbench.data import ArrayImages, decoded_images, load_source, split_indices
-from tlbench.features import POOLED, cached_rows, frozen_dataset, frozen_datasets
-from tlbench.train import configure_runtime, train_logreg
+from tlbench.frozen import cache
+from tlbench.frozen.cache import POOLED, cached_rows, frozen_dataset, frozen_datasets
+from tlbench.training.train import configure_runtime, train_logreg
 
 from .conftest import TINY, assert_trained_alike, compose_config
 
@@ -193,7 +193,7 @@ def test_taps_missing_the_same_rows_share_one_forward_pass(digits, tmp_path, mon
     assert images_forwarded(1) == 2 * pooled.computed
     passes.clear()
     one_row = cut.data.x_train.read([0])[0].nbytes
-    monkeypatch.setattr(features, "AHEAD_BYTES", one_row)  # one cut row
+    monkeypatch.setattr(cache, "AHEAD_BYTES", one_row)  # one cut row
     frozen_datasets(vgg16(seed=2), spec, source, splits, 32, [POOLED, "block4_pool"],
                     tmp_path, 32, images)
     assert images_forwarded(2) == 0  # too many cut rows to hold for later: two passes
@@ -206,8 +206,8 @@ def trained(config, via_cache: bool, cache_dir):
     from tlbench import strategy
     from tlbench.prepare import prepare
 
-    cache = dataclasses.replace(config.cache, enabled=via_cache, dir=str(cache_dir))
-    config = dataclasses.replace(config, cache=cache)
+    cache_config = dataclasses.replace(config.cache, enabled=via_cache, dir=str(cache_dir))
+    config = dataclasses.replace(config, cache=cache_config)
     adapt = strategy.for_run(config)
     prepared = prepare(config, config.backbone.weights, None)
     return adapt.train(prepared), prepared.base
@@ -284,8 +284,10 @@ def test_a_cached_run_trains_as_a_cold_run_without_building_the_base(tiny_config
     base is never built, the head compiled by an earlier run reused) trains exactly what a cold
     run (base built, head compiled afresh) trains: same epochs' losses, final head weights,
     predictions, parameter counts, multiply-adds and summary."""
-    from tlbench import base_facts, strategy, train
+    from tlbench import strategy
+    from tlbench.frozen import base_facts
     from tlbench.prepare import prepare
+    from tlbench.training import train
 
     monkeypatch.setattr(train, "COMPILED", {})  # the cold run compiles its own head
 
@@ -318,8 +320,9 @@ def test_a_cached_run_trains_as_a_cold_run_without_building_the_base(tiny_config
 def test_float16_cut_activations_halve_the_cache_and_train_alike(tiny_config, tmp_path):
     """cache.dtype=float16 keeps a partial fine-tune's cut activations in half the bytes; the
     run trains to nearly the same accuracy and logs the dtype as a param of its identity."""
-    from tlbench import identity, strategy
+    from tlbench import strategy
     from tlbench.prepare import prepare
+    from tlbench.tracking import identity
 
     results, sizes = {}, {}
     for dtype in ("float32", "float16"):

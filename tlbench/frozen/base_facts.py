@@ -59,8 +59,8 @@ def record_key(spec: BackboneSpec, input_size: int, origin: str, precision: str)
 def measured(base, input_size: int, digest: bool = True) -> BaseFacts:
     """The facts of a built base (the weights digest left empty unless `digest`)."""
     from tlbench.backbone.cost import multiply_adds
-    from tlbench.features import weights_digest
-    from tlbench.train import model_summary
+    from tlbench.frozen.cache import weights_digest
+    from tlbench.training.train import model_summary
 
     return BaseFacts(weights_digest(base) if digest else "", base.dtype_policy.name,
                      base.count_params(), multiply_adds(base, input_size), model_summary(base))

@@ -135,8 +135,8 @@ def exposure_warning(host: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve until interrupted (Ctrl-C, SIGTERM or SIGHUP), then stop the MLflow server."""
-    from tlbench.store import check_database, is_database, redact
-    from tlbench.termination import Terminated, terminate_as_exception
+    from tlbench.tracking.store import check_database, is_database, redact
+    from tlbench.tracking.termination import Terminated, terminate_as_exception
 
     args = parse_args(argv)
     backend = args.backend_store_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"

@@ -31,7 +31,7 @@ class Plan:
     one, `model`'s plus `frozen_params` (a frozen base's, known without building it).
     `reuse_key` names the architecture and trainable parts of the plan's models (its own and
     its phases'): models compiled earlier in the process under the same key may train in their
-    place (tlbench.train.fit), so it is set only where each phase fits a model of its own.
+    place (tlbench.training.train.fit), so it is set only where each phase fits a model of its own.
     """
 
     model: Any

@@ -33,7 +33,7 @@ from tlbench.progress import reported
 from tlbench.rowcache import RowFile, cached_rows, covers, done_mask, seconds_per_row
 
 if TYPE_CHECKING:
-    from tlbench.base_facts import BaseFacts
+    from tlbench.frozen.base_facts import BaseFacts
 
 log = logging.getLogger("tlbench")
 

@@ -26,11 +26,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 
 from tlbench import __version__, runtime
 from tlbench.config import RunConfig
-from tlbench.confusion import confusion_image
 from tlbench.errors import last_line
-from tlbench.identity import config_hash, flatten, identity
-from tlbench.store import ensure_experiment, experiment_id, redact, sweep_parent_id
-from tlbench.termination import Terminated, terminate_as_exception
+from tlbench.tracking.confusion import confusion_image
+from tlbench.tracking.identity import config_hash, flatten, identity
+from tlbench.tracking.store import ensure_experiment, experiment_id, redact, sweep_parent_id
+from tlbench.tracking.termination import Terminated, terminate_as_exception
 
 if TYPE_CHECKING:
     from tlbench.prepare import Prepared
