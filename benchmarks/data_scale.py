@@ -96,7 +96,7 @@ def rate_child(folder: str, size: int) -> None:
     from tlbench.config import group_config
     from tlbench.data import decoded_images, load_source
     from tlbench.data.folder import FolderConfig
-    from tlbench.rowcache import wait_for_syncs
+    from tlbench.rowsync import wait_for_syncs
 
     source = load_source(group_config("data", "folder", FolderConfig, path=str(folder),
                                       input_size=size, train_size="all"))

@@ -105,7 +105,7 @@ LAYERS = (
     ("commands",),
 )
 FLAT = {"core": {"errors", "compat", "registry", "config", "paths", "runtime", "quiet",
-                 "progress", "rowcache"},
+                 "progress", "rowcache", "rowsync"},
         "prepare": {"prepare", "pretrain"},
         "commands": {"__main__", "rank", "sweep", "docs", "cli"}}
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

@@ -5,6 +5,7 @@ text, an artifact that fails, and a password in the tracking URI."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tlbench import rowcache
-from tlbench.rowcache import cached_rows, read_key, wait_for_syncs, write_key
+from tlbench import rowsync
+from tlbench.rowcache import RowFile, cached_rows
+from tlbench.rowsync import read_key, wait_for_syncs, write_key
 from tlbench.sweep import eta_seconds, read_jobs, summary
 from tlbench.tracking.runs import (
     STALE_SECONDS,
@@ -93,7 +95,7 @@ def test_corrupt_done_mask_rebuilds_the_entry(tmp_path, damage):
     assert rows.read([1, 3]).tolist() == expected([1, 3]) and computed == 2
 
 
-needs_boot_id = pytest.mark.skipif(rowcache.boot_id() is None,
+needs_boot_id = pytest.mark.skipif(rowsync.boot_id() is None,
                                    reason="no boot id here: rows are synced before marked done")
 
 
@@ -103,7 +105,7 @@ def test_a_fill_is_served_before_its_rows_reach_the_disk_then_unmarked(tmp_path)
     filled_entry(folder)
     mark = read_key(folder).get("unsynced")
     wait_for_syncs()
-    assert mark is None or mark["boot_id"] == rowcache.boot_id()  # the sync may be done already
+    assert mark is None or mark["boot_id"] == rowsync.boot_id()  # the sync may be done already
     assert "unsynced" not in read_key(folder)
 
 
@@ -121,16 +123,25 @@ def test_rows_unsynced_when_the_machine_restarted_are_rebuilt(tmp_path, host, re
     assert computed == (10 if rebuilt else 0)
 
 
+def test_a_scratch_entry_is_never_synced_so_it_can_be_removed_at_once(tmp_path):
+    folder = tmp_path / "scratch"
+    cached_rows(folder, KEY, np.arange(10), 10, squares([]), durable=False)
+    assert "unsynced" not in read_key(folder)
+    shutil.rmtree(folder)  # as the run's end removes it: no background write races the removal
+    wait_for_syncs()
+    assert not folder.exists()
+
+
 @needs_boot_id
 def test_a_failed_background_sync_drops_the_mask(tmp_path, caplog):
     folder = tmp_path / "e"
     filled_entry(folder)
     wait_for_syncs()
     reader, writer = os.pipe()
-    failed = rowcache.SYNCS.submit(os.fsync, reader)  # a real OSError (EINVAL), as a failed sync
-    rows = rowcache.RowFile.open(folder / "rows.npy", 10)
+    failed = rowsync.SYNCS.submit(os.fsync, reader)  # a real OSError (EINVAL), as a failed sync
+    rows = RowFile.open(folder / "rows.npy", 10)
     with caplog.at_level("WARNING", "tlbench"):
-        rowcache.SYNCS.submit(rowcache._sync_then_unmark, folder, rows, {"fill": "f"},
+        rowsync.SYNCS.submit(rowsync.sync_then_unmark, folder, rows, {"fill": "f"},
                               "feature cache", failed).result()
     os.close(reader), os.close(writer)
     assert "could not be written to disk" in caplog.text and not (folder / "done.npy").exists()

@@ -8,12 +8,7 @@ compute a row once; rows are marked done (atomically) only after they are writte
 worker leaves nothing half-written behind, and a long fill marks its progress every
 CHECKPOINT_SECONDS so that a killed fill resumes where it stopped.
 
-Written rows outlive a killed process in the kernel's page cache, but not a crash of the machine
-before they reach the disk. So a fill does not wait for the disk: where the machine names its
-boot (Linux), the mask is saved at once with an `unsynced` mark (host and boot id) in key.json,
-a background thread syncs the rows and then removes the mark (the process waits for it at
-exit), and an entry still marked by an earlier boot of this host is rebuilt. Elsewhere the rows
-are synced before they are marked done.
+How the rows reach the disk without a fill waiting for it: `tlbench.rowsync`.
 
 Rows are read and written with positioned I/O (pread/pwrite), not through a memory map: the
 pages stay in the kernel's page cache instead of the process's resident memory (a map counts
@@ -23,15 +18,12 @@ size), and a full disk raises OSError where a written map would crash the proces
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +31,16 @@ import numpy as np
 from filelock import FileLock
 
 from tlbench.errors import TlbenchError
+from tlbench.rowsync import (
+    SYNCS,
+    Flusher,
+    atomic_save,
+    lost_in_a_restart,
+    read_key,
+    sync_then_unmark,
+    unsynced_mark,
+    write_key,
+)
 
 log = logging.getLogger("tlbench")
 
@@ -205,12 +207,13 @@ Compute = Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarray]]]
 
 def cached_rows(folder: Path, key: dict, positions: np.ndarray, n_rows: int, compute: Compute,
                 fill: np.ndarray | None = None, dtype=np.float32,
-                what: str = "cache") -> tuple[RowFile, int, float]:
+                what: str = "cache", durable: bool = True) -> tuple[RowFile, int, float]:
     """The entry's row file with every row at `positions` computed, computing only those not
     cached yet (and, on a miss, those of `fill` too), a chunk at a time. Returns the file, how
     many rows were computed, and the seconds spent waiting for another worker's lock. A
     truncated entry, or one whose rows have another shape or dtype, is rebuilt, rows and mask
-    together; a failed write (a full disk) raises TlbenchError and leaves the entry consistent."""
+    together; a failed write (a full disk) raises TlbenchError and leaves the entry consistent.
+    A scratch entry (`durable` false: removed when the run ends) is never synced."""
     folder.mkdir(parents=True, exist_ok=True)
     waited = time.perf_counter()
     with FileLock(str(folder) + ".lock"):
@@ -222,7 +225,8 @@ def cached_rows(folder: Path, key: dict, positions: np.ndarray, n_rows: int, com
         computed = 0
         if len(missing):
             try:
-                rows, computed = _fill(folder, key, rows, done, missing, compute, dtype, what)
+                rows, computed = _fill(folder, key, rows, done, missing, compute, dtype, what,
+                                       durable)
             except OSError as exc:
                 raise TlbenchError(
                     f"{what} {folder}: cannot write ({exc.strerror or exc}); free space there, "
@@ -260,7 +264,7 @@ def _entry_state(folder: Path, n_rows: int, dtype) -> tuple[np.ndarray, RowFile 
 
 
 def _fill(folder: Path, key: dict, rows: RowFile | None, done: np.ndarray, missing: np.ndarray,
-          compute: Compute, dtype, what: str) -> tuple[RowFile, int]:
+          compute: Compute, dtype, what: str, durable: bool) -> tuple[RowFile, int]:
     """Compute the missing rows chunk by chunk into the entry, marking them done once written
     (synced in the background); an entry whose done rows have another shape is rebuilt, those
     rows computed anew."""
@@ -268,13 +272,14 @@ def _fill(folder: Path, key: dict, rows: RowFile | None, done: np.ndarray, missi
     computed = 0
     if rows is not None:
         check_free_space(folder, len(missing) * rows.row_bytes, what)
-    flusher = Flusher()
+    flusher = Flusher(durable)
     for chunk, values in compute(missing):
         if rows is None or rows.row_shape != values.shape[1:]:
             if rows is not None and done.any():
                 log.warning("%s %s: rows of another shape; rebuilding", what, folder)
                 return _fill(folder, key, None, np.zeros_like(done),
-                             np.union1d(missing, np.flatnonzero(done)), compute, dtype, what)
+                             np.union1d(missing, np.flatnonzero(done)), compute, dtype, what,
+                             durable)
             (folder / "done.npy").unlink(missing_ok=True)  # never a mask without its rows
             rows = RowFile.create(folder / "rows.npy", len(done), values.shape[1:], dtype)
             check_free_space(folder, len(missing) * rows.row_bytes, what)
@@ -283,36 +288,14 @@ def _fill(folder: Path, key: dict, rows: RowFile | None, done: np.ndarray, missi
         done[chunk] = True
         computed += len(chunk)
         if time.perf_counter() - last_mark > CHECKPOINT_SECONDS:
-            _mark_done(folder, key, rows, done, started, computed, flusher.pending)
+            _mark_done(folder, key, rows, done, started, computed, flusher.pending, durable)
             last_mark = time.perf_counter()
     if not done[missing].all():
         raise RuntimeError(f"{what} {folder}: the computation skipped rows it was asked for")
-    mark = _mark_done(folder, key, rows, done, started, computed, flusher.pending)
+    mark = _mark_done(folder, key, rows, done, started, computed, flusher.pending, durable)
     if mark is not None:
-        SYNCS.submit(_sync_then_unmark, folder, rows, mark, what, flusher.pending)
+        SYNCS.submit(sync_then_unmark, folder, rows, mark, what, flusher.pending)
     return rows, computed
-
-
-FLUSH_BYTES = 64 * 2**20
-"""A fill hands the disk its rows every this many bytes, while it computes the next ones."""
-
-
-class Flusher:
-    """Syncs a row file in the background as a fill writes it (every FLUSH_BYTES), so the disk
-    writes while rows are computed; a failed sync raises at the next one or when the rows are
-    marked done."""
-
-    def __init__(self) -> None:
-        self.pending: Future | None = None
-        self.unflushed = 0
-
-    def wrote(self, rows: RowFile, nbytes: int) -> None:
-        """Count written bytes; start a sync once FLUSH_BYTES wait and none is running."""
-        self.unflushed += nbytes
-        if self.unflushed >= FLUSH_BYTES and (self.pending is None or self.pending.done()):
-            if self.pending is not None:
-                self.pending.result()  # a failed sync (a full disk) raises here
-            self.pending, self.unflushed = SYNCS.submit(rows.sync), 0
 
 
 def check_free_space(folder: Path, needed: int, what: str) -> None:
@@ -326,12 +309,13 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
 
 
 def _mark_done(folder: Path, key: dict, rows: RowFile, done: np.ndarray, started: float,
-               computed: int, earlier: Future | None) -> dict | None:
+               computed: int, earlier: Future | None, durable: bool) -> dict | None:
     """Record the key (with the row shape, seconds per row and, where the rows are not synced
     yet, the `unsynced` mark) and save the done mask atomically. Returns the mark, or None where
-    the rows were synced first (no boot id; `earlier`, a background sync, must have succeeded)."""
-    mark = unsynced_mark()
-    if mark is None:
+    the rows were synced first (no boot id; `earlier`, a background sync, must have succeeded)
+    or need no sync (a scratch entry)."""
+    mark = unsynced_mark() if durable else None
+    if durable and mark is None:
         if earlier is not None:
             earlier.result()
         rows.sync()
@@ -340,98 +324,6 @@ def _mark_done(folder: Path, key: dict, rows: RowFile, done: np.ndarray, started
     write_key(folder, recorded | ({"unsynced": mark} if mark else {}))
     atomic_save(folder / "done.npy", done)
     return mark
-
-
-SYNCS = ThreadPoolExecutor(1, thread_name_prefix="tlbench-sync")
-"""Syncs filled entries in the background; its thread is joined at interpreter exit."""
-
-
-def _sync_then_unmark(folder: Path, rows: RowFile, mark: dict, what: str,
-                      earlier: Future | None) -> None:
-    """Sync the rows, then remove the entry's `unsynced` mark if it is still this fill's; if
-    this sync or an `earlier` one of the fill failed, drop the done mask so the entry is
-    rebuilt."""
-    try:
-        if earlier is not None:
-            earlier.result()
-        rows.sync()
-    except OSError as exc:
-        log.warning("%s %s: the rows could not be written to disk (%s); the entry will be "
-                    "rebuilt", what, folder, exc.strerror or exc)
-        with FileLock(str(folder) + ".lock"):
-            (folder / "done.npy").unlink(missing_ok=True)
-        return
-    with FileLock(str(folder) + ".lock"):
-        recorded = read_key(folder)
-        if recorded.get("unsynced") == mark:
-            del recorded["unsynced"]
-            write_key(folder, recorded)
-
-
-def wait_for_syncs() -> None:
-    """Block until every background sync submitted so far has finished."""
-    SYNCS.submit(lambda: None).result()
-
-
-def boot_id() -> str | None:
-    """The running kernel's boot id (changes at every restart); None where there is none."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def unsynced_mark() -> dict | None:
-    """What marks rows written but not yet synced: this host, its boot and a fill id; None
-    where the boot cannot be named (the rows are then synced before they are marked done)."""
-    boot = boot_id()
-    return None if boot is None else {"host": socket.gethostname(), "boot_id": boot,
-                                      "fill": uuid.uuid4().hex}
-
-
-def lost_in_a_restart(folder: Path) -> bool:
-    """Whether the entry's rows were marked done on this host in an earlier boot and never
-    synced (a crash of the machine may have lost them). Another host's mark is trusted: its
-    writes reached the shared file system when its file was closed."""
-    mark = read_key(folder).get("unsynced")
-    return bool(mark) and mark.get("host") == socket.gethostname() and \
-        mark.get("boot_id") != boot_id()
-
-
-def read_key(folder: Path) -> dict:
-    """The entry's key.json ({} when missing or unreadable)."""
-    try:
-        recorded = json.loads((folder / "key.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return recorded if isinstance(recorded, dict) else {}
-
-
-def write_key(folder: Path, recorded: dict) -> None:
-    """Write key.json through a synced temporary file and os.replace."""
-    temporary = folder / f"tmp-{os.getpid()}-key.json"
-    try:
-        with open(temporary, "w") as handle:
-            handle.write(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, folder / "key.json")
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def atomic_save(path: Path, array: np.ndarray) -> None:
-    """np.save through a synced temporary file and os.replace: readers see the old or the new
-    file, and a failed write (a full disk) leaves the old one and no temporary behind."""
-    temporary = path.with_name(f"tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(temporary, "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def seconds_per_row(folder: Path) -> float:

@@ -197,7 +197,7 @@ def frozen_datasets(base, spec: BackboneSpec, source: LabelledImages, splits: Sp
         rows, computed, waited = cached_rows(
             folder, keys[tap], positions, n_rows, progress(tap),
             fill=np.arange(n_rows) if whole[tap] else None, dtype=dtypes[tap],
-            what="feature cache")
+            what="feature cache", durable=cached)
         rows.folder_owner = scratch  # a scratch folder lives as long as its rows are used
         seconds = time.perf_counter() - start - waited
         rate = seconds_per_row(folder)
