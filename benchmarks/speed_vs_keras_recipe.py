@@ -5,17 +5,22 @@
 Grid: mobilenetv2 and resnet50 (source:digits04 checkpoints, pretrained beforehand and not timed)
 x {feature_extraction, partial_finetune} x 10/50/all images per class (the default sweep's sizes)
 x seeds 0, 1, on digits 5-9 at 32 px; 10 epochs per phase (trainer.epochs' default), no early
-stopping, batch 32, Adam, the same splits and preprocessed images.
+stopping, batch 32, Adam, the same splits and the same uint8 images (the decoded-image cache's).
 
-(a) the recipe of the Keras transfer-learning guide: frozen base inside the model (training=False),
-    `fit` on images; partial fine-tuning then unfreezes the top stage and recompiles at lr / 10.
-(b) tlbench's path (the strategy object's `train`, what `python -m tlbench` runs): frozen outputs
-    computed once into a feature cache that starts empty, heads and top stages trained on them.
+(a) the recipe of the Keras transfer-learning guide: the split's uint8 images in memory (as the
+    guide's arrays), the backbone's preprocessing as the model's first layer, then the frozen base
+    (training=False) and the head, `fit` on images; partial fine-tuning then unfreezes the top
+    stage and recompiles at lr / 10.
+(b) tlbench's path (`strategy.for_run(config).train(prepared)`, what `python -m tlbench` runs):
+    frozen outputs computed once into a feature cache that starts empty, heads and top stages
+    trained on them.
 Each configuration runs (a) then (b), so both see the same machine load.
 
 Timed per run: everything after the base is built (forward passes, caching, fit, evaluation);
-excluded in both: loading data and weights. The floor is one forward pass per backbone over the
-images the grid needs (largest subset + val + test). Measure on an otherwise idle machine.
+excluded in both: loading data and weights (the split's images decoded, the base built with its
+weights, before the clock starts). The floor is one forward pass per backbone over the images the
+grid needs (largest subset + val + test), from the decoded-image cache as tlbench's forward pass
+reads them. Measure on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 
 from tlbench import strategy  # noqa: E402
-from tlbench.backbone import BACKBONES, build_base, preprocessed, unfreeze_top  # noqa: E402
+from tlbench.backbone import BACKBONES, build_base, unfreeze_top  # noqa: E402
+from tlbench.backbone.preprocessing import Preprocess  # noqa: E402
 from tlbench.config import RunConfig, parse_config  # noqa: E402
-from tlbench.data import load_source, materialise, split_indices  # noqa: E402
+from tlbench.data import decoded_images, images_root, load_source, split_indices  # noqa: E402
 from tlbench.frozen.cache import POOLED, extractor, forward  # noqa: E402
-from tlbench.prepare import prepare  # noqa: E402
+from tlbench.prepare import Prepared, prepare  # noqa: E402
 from tlbench.pretrain import source_checkpoint  # noqa: E402
 
 BACKBONE_NAMES = ("mobilenetv2", "resnet50")
@@ -57,36 +63,52 @@ def config_for(backbone: str, strategy: str, size: str, seed: int, cache_dir: st
     return parse_config(cfg)
 
 
-def keras_recipe(config: RunConfig, base, data) -> float:
-    """The guide's recipe on preprocessed images; returns test accuracy."""
-    trainer = config.trainer
+def keras_recipe(config: RunConfig, prepared: Prepared, images: dict[str, np.ndarray]) -> float:
+    """The guide's recipe on the split's uint8 images; returns test accuracy."""
+    trainer, base = config.trainer, prepared.base
     base.trainable = False
-    inputs = keras.Input(shape=base.input_shape[1:])
-    x = keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))
+    inputs = keras.Input(shape=base.input_shape[1:], dtype="uint8")
+    x = Preprocess(prepared.entry.preprocess)(inputs)  # cast to float32, then preprocess_input
+    x = keras.layers.GlobalAveragePooling2D()(base(x, training=False))
     x = keras.layers.Dropout(0.2)(x)
-    model = keras.Model(inputs, keras.layers.Dense(data.n_classes, activation="softmax")(x))
+    model = keras.Model(inputs, keras.layers.Dense(len(prepared.source.class_names),
+                                                   activation="softmax")(x))
     phases = [trainer.lr]
     if config.strategy.name == "partial_finetune":
         phases.append(trainer.lr * config.strategy.lr_scale)
     for index, lr in enumerate(phases):
         if index == 1:  # unfreeze the top stage, BatchNorm stays frozen, recompile
-            unfreeze_top(base, BACKBONES[config.backbone.name], 1, None)
+            unfreeze_top(base, prepared.entry, config.strategy.unfreeze_blocks,
+                         config.strategy.unfreeze_fraction)
         model.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"],
                       loss="sparse_categorical_crossentropy")
-        model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
+        model.fit(images["x_train"], images["y_train"],
+                  validation_data=(images["x_val"], images["y_val"]),
                   epochs=trainer.epochs, batch_size=trainer.batch_size, verbose=0)
-    return model.evaluate(data.x_test, data.y_test, batch_size=trainer.batch_size, verbose=0)[1]
+    return model.evaluate(images["x_test"], images["y_test"], batch_size=trainer.batch_size,
+                          verbose=0)[1]
+
+
+def in_memory(prepared: Prepared) -> dict[str, np.ndarray]:
+    """The run's splits as the guide's arrays: uint8 images (read whole from the decoded-image
+    cache) and labels."""
+    dataset = prepared.dataset()
+    return {"x_train": dataset.x_train.load(), "y_train": dataset.y_train,
+            "x_val": dataset.x_val.load(), "y_val": dataset.y_val,
+            "x_test": dataset.x_test.load(), "y_test": dataset.y_test}
 
 
 def one_run(config: RunConfig, way: str) -> tuple[float, float]:
-    """Prepare the run (untimed), then train and evaluate one way; (seconds, test accuracy)."""
+    """Prepare the run, decode its images and build its base (untimed), then train and evaluate
+    one way; (seconds, test accuracy)."""
     prepared = prepare(config, config.backbone.weights, None)
+    prepared.base  # noqa: B018 - built before the clock, on both sides
     if way == "keras":
-        data = preprocessed(prepared.entry, materialise(prepared.source, prepared.splits,
-                                                        config.backbone.input_size))
+        images = in_memory(prepared)
         start = time.perf_counter()
-        accuracy = keras_recipe(config, prepared.base, data)
+        accuracy = keras_recipe(config, prepared, images)
     else:
+        prepared.images(prepared.used)  # decoded before the clock, as for the recipe
         start = time.perf_counter()
         result = strategy.for_run(config).train(prepared)
         accuracy = result.metrics["test_accuracy"]
@@ -103,10 +125,16 @@ def floor_seconds(backbone: str, cache_dir: str) -> float:
     source = load_source(config.data)
     splits = [split_indices(source, config.data, seed) for seed in SEEDS]
     needed = np.unique(np.concatenate([p for s in splits for p in (s.train, s.val, s.test)]))
-    model = extractor(build_base(spec, 32, weights, config.backbone.bn_momentum), spec, POOLED)
-    forward(model, spec, source, needed[:64], 32, 32)  # trace once, as any first call does
+    images = decoded_images(source, config.data.name, config.backbone.input_size, needed,
+                            images_root(), config.cache.fill_limit)
+    model = extractor(build_base(spec, config.backbone.input_size, weights,
+                                 config.backbone.bn_momentum), spec, POOLED)
+    batch_size = config.trainer.batch_size
+    for _ in forward(model, images, needed[:64], batch_size):  # trace once, as any first call does
+        pass
     start = time.perf_counter()
-    forward(model, spec, source, needed, 32, 32)
+    for _ in forward(model, images, needed, batch_size):
+        pass
     return time.perf_counter() - start
 
 
