@@ -72,12 +72,14 @@ LRS = tuple(f"{0.001 + 0.0001 * i:.4f}" for i in range(MAX_RUNS))  # one cache e
 # --- child process: `python -m tlbench` with timers around its stages ---------------------------
 
 def stage_module(name: str, before: str):
-    """A stage module by its name here, or by its name before the stage packages (#31): the
-    older code that `--against` may name has tlbench.frozen.cache, tlbench.tracking.runs, ..."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        return importlib.import_module(before)
+    """A stage module by its name here, or by its name before the stage packages (#31) where
+    the tlbench imported (the older code `--against` names) has no such package: tlbench.features
+    for tlbench.frozen.cache, and so on. (An editable install's finder would serve the new
+    name from this checkout, so the package folder decides, not an ImportError.)"""
+    import tlbench
+
+    package = Path(tlbench.__file__).parent / name.split(".")[1]
+    return importlib.import_module(name if package.is_dir() else before)
 
 
 def instrument(out_path: str) -> None:
@@ -88,10 +90,10 @@ def instrument(out_path: str) -> None:
     from tlbench import prepare
     from tlbench.strategy import base
 
-    cache = stage_module("tlbench.frozen.cache", "tlbench.frozen.cache")
-    runs = stage_module("tlbench.tracking.runs", "tlbench.tracking.runs")
-    store = stage_module("tlbench.tracking.store", "tlbench.tracking.store")
-    train = stage_module("tlbench.training.train", "tlbench.training.train")
+    cache = stage_module("tlbench.frozen.cache", "tlbench.features")
+    runs = stage_module("tlbench.tracking.runs", "tlbench.track")
+    store = stage_module("tlbench.tracking.store", "tlbench.store")
+    train = stage_module("tlbench.training.train", "tlbench.train")
     timings: list[dict[str, float]] = []
     current: dict[str, float] = {}
 
