@@ -35,6 +35,7 @@ from tlbench.rowsync import (
     SYNCS,
     Flusher,
     atomic_save,
+    boot_id,
     lost_in_a_restart,
     read_key,
     sync_then_unmark,
@@ -272,7 +273,7 @@ def _fill(folder: Path, key: dict, rows: RowFile | None, done: np.ndarray, missi
     computed = 0
     if rows is not None:
         check_free_space(folder, len(missing) * rows.row_bytes, what)
-    flusher = Flusher(durable)
+    flusher = Flusher(durable and boot_id() is None)
     for chunk, values in compute(missing):
         if rows is None or rows.row_shape != values.shape[1:]:
             if rows is not None and done.any():

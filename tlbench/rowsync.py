@@ -35,19 +35,21 @@ FLUSH_BYTES = 64 * 2**20
 
 
 class Flusher:
-    """Syncs a row file in the background as a fill writes it (every FLUSH_BYTES), so the disk
-    writes while rows are computed; a failed sync raises at the next one or when the rows are
-    marked done. A scratch file (`durable` false) is never synced."""
+    """Syncs a row file in the background as a fill writes it (every FLUSH_BYTES), where the
+    rows are synced before they are marked done (no boot id): the disk then writes while rows
+    are computed, and the final sync waits for little; a failed sync raises at the next one or
+    when the rows are marked done. Elsewhere (`enabled` false) it does nothing: the rows are
+    synced after the fill, and syncing during it halved a fill's rate on this project's disk."""
 
-    def __init__(self, durable: bool) -> None:
-        self.durable = durable
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
         self.pending: Future | None = None
         self.unflushed = 0
 
     def wrote(self, rows: RowFile, nbytes: int) -> None:
         """Count written bytes; start a sync once FLUSH_BYTES wait and none is running."""
         self.unflushed += nbytes
-        if self.durable and self.unflushed >= FLUSH_BYTES and (
+        if self.enabled and self.unflushed >= FLUSH_BYTES and (
                 self.pending is None or self.pending.done()):
             if self.pending is not None:
                 self.pending.result()  # a failed sync (a full disk) raises here
