@@ -108,7 +108,7 @@ def lost_in_a_restart(folder: Path) -> bool:
     synced (a crash of the machine may have lost them). Another host's mark is trusted: its
     writes reached the shared file system when its file was closed."""
     mark = read_key(folder).get("unsynced")
-    return bool(mark) and mark.get("host") == socket.gethostname() and \
+    return isinstance(mark, dict) and mark.get("host") == socket.gethostname() and \
         mark.get("boot_id") != boot_id()
 
 
