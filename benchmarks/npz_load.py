@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from package_at import package_at
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -69,19 +70,13 @@ def load(package: str, path: Path, cache: Path, label: str) -> None:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 20000
     against = sys.argv[sys.argv.index("--against") + 1] if "--against" in sys.argv else None
-    repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "images.npz"
         write_npz(path, n)
         load("", path, Path(tmp) / "cache", "this code, first load (extracts)")
         load("", path, Path(tmp) / "cache", "this code, second load (cached)")
         if against:
-            old = Path(tmp) / "against"
-            old.mkdir()
-            archive = subprocess.run(["git", "-C", str(repo), "archive", against, "tlbench",
-                                      "conf"], capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-            (old / "conf").rename(old / "tlbench" / "conf")  # where the installed package has it
+            old = package_at(against, Path(tmp) / "against")
             load(str(old), path, Path(tmp) / "old-cache", f"tlbench of {against}")
 
 

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from package_at import package_at
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 LOAD = """
@@ -82,18 +84,11 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 4000
     os.environ["N_IMAGES"] = str(n)
     against = sys.argv[sys.argv.index("--against") + 1] if "--against" in sys.argv else None
-    repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         builder_class()(data_dir=tmp).download_and_prepare()
         load("", tmp, "this code")
         if against:
-            old = Path(tmp) / "against"
-            old.mkdir()
-            archive = subprocess.run(["git", "-C", str(repo), "archive", against, "tlbench",
-                                      "conf"], capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-            (old / "conf").rename(old / "tlbench" / "conf")  # where the installed package has it
-            load(str(old), tmp, f"tlbench of {against}")
+            load(str(package_at(against, Path(tmp) / "against")), tmp, f"tlbench of {against}")
 
 
 if __name__ == "__main__":

@@ -247,11 +247,12 @@ def _entry_state(folder: Path, n_rows: int, dtype) -> tuple[np.ndarray, RowFile 
         saved = np.load(folder / "done.npy")
     except (OSError, ValueError, EOFError):
         return done, None
-    recorded = read_key(folder).get("row_shape")
+    key = read_key(folder)
+    recorded = key.get("row_shape")
     if recorded is None:
         log.info("cache %s: written by an older tlbench; rebuilding it once", folder)
         return done, None
-    if lost_in_a_restart(folder):
+    if lost_in_a_restart(key):
         log.warning("cache %s: its rows were not yet on disk when this machine restarted; "
                     "rebuilding the entry", folder)
         return done, None

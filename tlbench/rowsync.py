@@ -103,11 +103,11 @@ def unsynced_mark() -> dict | None:
                                       "fill": uuid.uuid4().hex}
 
 
-def lost_in_a_restart(folder: Path) -> bool:
-    """Whether the entry's rows were marked done on this host in an earlier boot and never
-    synced (a crash of the machine may have lost them). Another host's mark is trusted: its
-    writes reached the shared file system when its file was closed."""
-    mark = read_key(folder).get("unsynced")
+def lost_in_a_restart(key: dict) -> bool:
+    """Whether an entry's rows (its key.json as read) were marked done on this host in an
+    earlier boot and never synced (a crash of the machine may have lost them). Another host's
+    mark is trusted: its writes reached the shared file system when its file was closed."""
+    mark = key.get("unsynced")
     return isinstance(mark, dict) and mark.get("host") == socket.gethostname() and \
         mark.get("boot_id") != boot_id()
 
